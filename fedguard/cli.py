@@ -1,0 +1,63 @@
+"""`fedguard run [hydra overrides]` and `fedguard report RUN_DIR...`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def _hydra_run() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from fedguard.config import ConfigError, register_schema, validate
+
+    register_schema()
+
+    @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)
+    def task(cfg: DictConfig) -> float | None:
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            raise SystemExit(2) from None
+        OmegaConf.set_struct(cfg, False)
+        cfg.run_dir = HydraConfig.get().runtime.output_dir
+        from fedguard.simulation import run_simulation
+
+        run_simulation(cfg)
+        summary = Path(cfg.run_dir) / "summary.json"
+        import json
+
+        result = json.loads(summary.read_text())
+        print(f"run dir: {cfg.run_dir}  final accuracy: {result['final_accuracy']:.4f}  "
+              f"({result['rounds']} rounds, {result['timing']['total_s']:.1f}s)")
+        return result["final_accuracy"]
+
+    task()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: fedguard run [hydra overrides...] | fedguard report RUN_DIR [RUN_DIR ...]"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        sys.argv = [f"{sys.argv[0]} run", *rest]
+        _hydra_run()
+    elif command == "report":
+        from fedguard.report import report
+
+        report([Path(p) for p in rest])
+    else:
+        print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The ClientApp: an honest client trains on the next batches of its own data stream.
+
+Identity comes from the node (`node_config["partition-id"]`); the stream cursor lives in
+`Context.state`, so it persists across rounds on the node's Ray actor.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedguard.app_config import config_from_context
+from fedguard.data.partition import partition_from_config
+from fedguard.data.sources import splits_from_config
+from fedguard.models import arrays_to_model, build_model, model_to_arrays
+from fedguard.runtime import assigned_device, ray_node_id, set_threads
+from fedguard.streams import IndexStream, load_cursor, save_cursor
+from fedguard.training import sgd_steps
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=2)
+def _model(name: str, shape: tuple, classes: int, hidden: int) -> torch.nn.Module:
+    return build_model(name, shape, classes, hidden)
+
+
+def stream_batches(cfg, context: Context, partition_id: int):
+    """Next `local_steps` batches of this client's stream; advances the cursor in state."""
+    data = splits_from_config(cfg)
+    indices = partition_from_config(cfg, data.pool.y, partition_id)
+    stream = IndexStream(indices, cfg.seed, partition_id, load_cursor(context))
+    batches = []
+    for _ in range(cfg.local_steps):
+        idx = stream.next_batch(cfg.batch_size)
+        batches.append((torch.from_numpy(data.pool.x[idx]), torch.from_numpy(data.pool.y[idx])))
+    save_cursor(context, stream.cursor)
+    return batches, len(indices)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    start = time.perf_counter()
+    cfg = config_from_context(context)
+    partition_id = int(context.node_config["partition-id"])
+    set_threads(cfg.backend.client_resources.num_cpus)
+    device = assigned_device()
+    data = splits_from_config(cfg)
+    model = _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
+    arrays_to_model(model, msg.content["arrays"]).to(device)
+
+    batches, _ = stream_batches(cfg, context, partition_id)
+    loss = sgd_steps(model, batches, cfg.lr, cfg.momentum, device)
+
+    metrics = MetricRecord({
+        "num-examples": sum(len(y) for _, y in batches),
+        "train_loss": loss,
+        "partition-id": partition_id,
+        "train_s": time.perf_counter() - start,
+    })
+    info = ConfigRecord({"ray-node": ray_node_id(), "device": str(device)})
+    content = RecordDict({"arrays": model_to_arrays(model.cpu()), "metrics": metrics, "info": info})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Handshake: tell the server this node's partition id."""
+    partition_id = int(context.node_config["partition-id"])
+    content = RecordDict({"identity": MetricRecord({"partition-id": partition_id})})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,212 @@
+"""The experiment config: typed schema, validation, and the flat form Flower carries.
+
+Hydra composes `configs/` on top of the `FedGuardConfig` schema registered here, so a value of
+the wrong type fails at composition with the key named. `validate` adds the semantic checks
+(allowed names, ranges, files on disk) and runs before Ray starts.
+
+Flower's `context.run_config` holds scalars only, so both launchers pass `flatten(cfg)`
+(dotted keys, None dropped) and the apps rebuild the typed config with `from_flat`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+DATASETS = ("digits", "mnist", "cifar10", "synthetic", "hub")
+MODELS = ("mlp", "cnn", "resnet18")
+DEFENSES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "clipping")
+PARTITIONERS = ("iid", "dirichlet", "shards")
+WRAPPER_DEFENSES = ("clipping",)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"
+    root: str | None = None  # directory (or file) for on-disk sources
+    val_size: int = 200  # server validation stream (taken from the training split)
+    test_size: int = 360  # only for sources without an official test split
+    # synthetic source
+    num_samples: int = 20000
+    num_features: int = 64
+    num_classes: int = 10
+    # hub source (flwr-datasets FederatedDataset), for machines online
+    hub_name: str | None = None
+    hub_image_key: str = "image"
+    hub_label_key: str = "label"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: int = 128
+
+
+@dataclass
+class PartitionerConfig:
+    name: str = "iid"
+    alpha: float = 0.5  # dirichlet concentration
+    min_partition_size: int = 10  # dirichlet
+    shards_per_client: int = 2  # pathological split
+
+
+@dataclass
+class DefenseConfig:
+    name: str = "fedavg"
+    inner: str | None = None  # inner strategy of a wrapper defense
+    trim_beta: float = 0.2  # trimmed_mean: fraction cut at each end
+    assumed_malicious: int | None = None  # f for krum/bulyan; None -> num_malicious
+    multikrum_select: int | None = None  # m for multikrum; None -> n - f
+    clip_norm: float | None = None  # clipping: fixed bound; None -> median of update norms
+    clip_multiplier: float = 1.0  # clipping: bound = multiplier * median norm
+
+
+@dataclass
+class ClientResources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class RayInitArgs:
+    address: str | None = None  # attach to an existing Ray cluster ("auto" or host:port)
+    num_cpus: int | None = None  # cap a local Ray instance
+    num_gpus: int | None = None
+    include_dashboard: bool = False
+
+
+@dataclass
+class BackendConfig:
+    client_resources: ClientResources = field(default_factory=ClientResources)
+    init_args: RayInitArgs = field(default_factory=RayInitArgs)
+    round_timeout: float = 600.0
+
+
+@dataclass
+class FedGuardConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    partitioner: PartitionerConfig = field(default_factory=PartitionerConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    num_clients: int = 10
+    num_malicious: int = 0
+    fraction_train: float = 1.0
+    rounds: int = 20
+    local_steps: int = 5
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    seed: int = 0
+    resume: str | None = None
+    run_dir: str | None = None  # set by the launcher; `flwr run` falls back to outputs/flwr/
+    progress: bool = True
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="fedguard_schema", node=FedGuardConfig)
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the key, the value and what is allowed."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"config error: {key}={value!r} is invalid; allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks that types alone cannot express. Raises `ConfigError`."""
+    ds, defense = cfg.dataset, cfg.defense
+    if ds.name not in DATASETS:
+        _fail("dataset", ds.name, ", ".join(DATASETS))
+    if cfg.model.name not in MODELS:
+        _fail("model", cfg.model.name, ", ".join(MODELS))
+    if cfg.partitioner.name not in PARTITIONERS:
+        _fail("partitioner", cfg.partitioner.name, ", ".join(PARTITIONERS))
+    if defense.name not in DEFENSES:
+        _fail("defense", defense.name, ", ".join(DEFENSES))
+    if defense.name in WRAPPER_DEFENSES:
+        inner_allowed = [d for d in DEFENSES if d not in WRAPPER_DEFENSES]
+        if defense.inner not in inner_allowed:
+            _fail("defense.inner", defense.inner, ", ".join(inner_allowed))
+    if cfg.num_clients < 1:
+        _fail("num_clients", cfg.num_clients, "an integer >= 1")
+    if not 0 <= cfg.num_malicious <= cfg.num_clients:
+        _fail("num_malicious", cfg.num_malicious, f"0..num_clients ({cfg.num_clients})")
+    if not 0.0 < cfg.fraction_train <= 1.0:
+        _fail("fraction_train", cfg.fraction_train, "a fraction in (0, 1]")
+    for key in ("rounds", "local_steps", "batch_size"):
+        if cfg[key] < 1:
+            _fail(key, cfg[key], "an integer >= 1")
+    if cfg.lr <= 0:
+        _fail("lr", cfg.lr, "a positive learning rate")
+    if not 0 <= cfg.momentum < 1:
+        _fail("momentum", cfg.momentum, "a value in [0, 1)")
+    if ds.val_size < 1:
+        _fail("dataset.val_size", ds.val_size, "an integer >= 1")
+    if ds.name == "synthetic" and ds.num_samples < cfg.num_clients + ds.val_size + ds.test_size:
+        _fail("dataset.num_samples", ds.num_samples,
+              "at least num_clients + dataset.val_size + dataset.test_size")
+    if not 0.0 < cfg.partitioner.alpha:
+        _fail("partitioner.alpha", cfg.partitioner.alpha, "a positive concentration")
+    if cfg.partitioner.shards_per_client < 1:
+        _fail("partitioner.shards_per_client", cfg.partitioner.shards_per_client, "an integer >= 1")
+    if not 0.0 <= defense.trim_beta < 0.5:
+        _fail("defense.trim_beta", defense.trim_beta, "a fraction in [0, 0.5)")
+    if defense.clip_norm is not None and defense.clip_norm <= 0:
+        _fail("defense.clip_norm", defense.clip_norm, "a positive norm, or null for adaptive")
+    if defense.clip_multiplier <= 0:
+        _fail("defense.clip_multiplier", defense.clip_multiplier, "a positive multiplier")
+    res = cfg.backend.client_resources
+    if res.num_cpus <= 0:
+        _fail("backend.client_resources.num_cpus", res.num_cpus, "a positive number of CPUs")
+    if res.num_gpus < 0:
+        _fail("backend.client_resources.num_gpus", res.num_gpus, "a non-negative (fractional) GPU count")
+    if cfg.resume and not (Path(cfg.resume) / "config.yaml").is_file():
+        _fail("resume", cfg.resume, "a run directory holding config.yaml")
+    _validate_data_files(cfg)
+
+
+def _validate_data_files(cfg: DictConfig) -> None:
+    from fedguard.data.sources import expected_files  # local: keeps this module light
+
+    ds = cfg.dataset
+    if ds.name == "hub" and not ds.hub_name:
+        _fail("dataset.hub_name", ds.hub_name, "a Hugging Face dataset id, e.g. 'ylecun/mnist'")
+    if ds.name not in ("mnist", "cifar10"):
+        return
+    if not ds.root:
+        _fail("dataset.root", ds.root, f"a directory holding the {ds.name} files")
+    problem = expected_files(ds.name, Path(ds.root))
+    if problem:
+        _fail("dataset.root", ds.root, problem)
+
+
+def flatten(cfg: DictConfig | dict) -> dict[str, bool | int | float | str]:
+    """Nested config -> {dotted.key: scalar}; None values are dropped (schema default)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            elif value is not None:
+                flat[dotted] = value
+
+    walk(container, "")
+    return flat
+
+
+def from_flat(flat: dict[str, Any]) -> DictConfig:
+    """Rebuild the typed config from `flatten`'s output (e.g. `context.run_config`)."""
+    cfg = OmegaConf.structured(FedGuardConfig)
+    for key, value in flat.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg

@@ -1,0 +1,197 @@
+"""Dataset sources. Each yields three disjoint parts: the client pool, a small clean server
+validation stream, and a test set. Images are float32 in [0, 1], shaped (N, C, H, W)
+(pixel space, so attack and correction budgets such as eps=0.2 mean what the papers mean);
+the synthetic source yields feature vectors (N, F).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    pool: Split  # partitioned among clients
+    val: Split  # the server's clean validation stream
+    test: Split  # global test set (server-side evaluation)
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.pool.x.shape[1:])
+
+
+# --------------------------------------------------------------------------- file formats
+def _open_maybe_gz(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (gzip or not). The item count comes from the header."""
+    with _open_maybe_gz(path) as fh:
+        zero, dtype_code, ndim = struct.unpack(">HBB", fh.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path}: not an unsigned-byte IDX file (header {zero}, {dtype_code})")
+        dims = struct.unpack(">" + "I" * ndim, fh.read(4 * ndim))
+        data = np.frombuffer(fh.read(), dtype=np.uint8)
+    expected = int(np.prod(dims))
+    if data.size != expected:
+        raise ValueError(f"{path}: header says {dims} ({expected} bytes) but file has {data.size}")
+    return data.reshape(dims)
+
+
+def expected_files(name: str, root: Path) -> str | None:
+    """None when `root` holds the files of dataset `name`, else what is missing."""
+    if name == "mnist":
+        missing = [stem for stem in MNIST_FILES.values() if _find(root, stem) is None]
+        return f"IDX files {missing} (gzip or not) in the directory" if missing else None
+    if name == "cifar10":
+        if root.is_file() and root.suffix == ".npz":
+            return None
+        if root.is_dir() and (list(root.glob("*.npz")) or all((root / b).is_file() for b in CIFAR_BATCHES)):
+            return None
+        return "a CIFAR-10 python-batches directory (data_batch_1..5, test_batch) or an .npz with x_train,y_train,x_test,y_test"
+    return None
+
+
+def load_mnist(root: Path) -> tuple[Split, Split]:
+    arrays = {key: read_idx(_find(root, stem)) for key, stem in MNIST_FILES.items()}
+    to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
+    return (Split(to_x(arrays["train_x"]), arrays["train_y"].astype(np.int64)),
+            Split(to_x(arrays["test_x"]), arrays["test_y"].astype(np.int64)))
+
+
+def load_cifar10(root: Path) -> tuple[Split, Split]:
+    npz = root if root.is_file() else next(iter(sorted(root.glob("*.npz"))), None)
+    if npz is not None:
+        with np.load(npz) as data:
+            parts = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    else:
+        def batch(name):
+            with open(root / name, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            return d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d[b"labels"])
+        train = [batch(b) for b in CIFAR_BATCHES[:5]]
+        test_x, test_y = batch("test_batch")
+        parts = {"x_train": np.concatenate([b[0] for b in train]),
+                 "y_train": np.concatenate([b[1] for b in train]),
+                 "x_test": test_x, "y_test": test_y}
+
+    def to_x(a):  # HWC uint8 -> CHW float in [0, 1]
+        return np.ascontiguousarray(a.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+
+    return (Split(to_x(parts["x_train"]), parts["y_train"].astype(np.int64).ravel()),
+            Split(to_x(parts["x_test"]), parts["y_test"].astype(np.int64).ravel()))
+
+
+def load_digits_all() -> Split:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return Split(x, bunch.target.astype(np.int64))
+
+
+def make_synthetic(num_samples: int, num_features: int, num_classes: int, seed: int) -> Split:
+    """Gaussian class clusters: learnable, seeded, any size (for scale tests)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 1.0, size=(num_classes, num_features)).astype(np.float32)
+    y = rng.integers(0, num_classes, size=num_samples)
+    x = centers[y] + rng.normal(0.0, 1.0, size=(num_samples, num_features)).astype(np.float32)
+    return Split(x.astype(np.float32), y.astype(np.int64))
+
+
+def hf_to_split(ds, image_key: str, label_key: str) -> Split:
+    """A Hugging Face `datasets.Dataset` of images (PIL or arrays) and labels -> Split."""
+    ds = ds.with_format("numpy")
+    x = np.asarray(ds[image_key], dtype=np.float32)
+    if x.max() > 1.0:
+        x = x / 255.0
+    if x.ndim == 3:  # (N, H, W) grey
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):  # HWC -> CHW
+        x = x.transpose(0, 3, 1, 2)
+    return Split(np.ascontiguousarray(x), np.asarray(ds[label_key], dtype=np.int64))
+
+
+def load_hub(name: str, image_key: str, label_key: str) -> tuple[Split, Split]:
+    """A hub dataset through flwr-datasets (needs network access to the hub)."""
+    from flwr_datasets import FederatedDataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    fds = FederatedDataset(dataset=name, partitioners={"train": IidPartitioner(num_partitions=1)})
+    return (hf_to_split(fds.load_split("train"), image_key, label_key),
+            hf_to_split(fds.load_split("test"), image_key, label_key))
+
+
+# --------------------------------------------------------------------------- splitting
+def _carve(split: Split, sizes: list[int], seed: int) -> list[Split]:
+    """Disjoint random parts of `split` of the given sizes; the rest is the last part."""
+    if sum(sizes) >= len(split):
+        raise ValueError(f"cannot carve {sizes} samples out of {len(split)}")
+    order = np.random.default_rng(seed).permutation(len(split))
+    bounds = np.cumsum([0, *sizes])
+    parts = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])] + [order[bounds[-1]:]]
+    return [Split(split.x[idx], split.y[idx]) for idx in parts]
+
+
+@lru_cache(maxsize=4)
+def load_splits(name: str, root: str | None, val_size: int, test_size: int, seed: int,
+                num_samples: int = 20000, num_features: int = 64, num_classes: int = 10,
+                hub_name: str | None = None, hub_image_key: str = "image",
+                hub_label_key: str = "label") -> DataSplits:
+    """Load a source and split it into client pool / server validation / test (cached per process)."""
+    if name == "digits":
+        test, val, pool = _carve(load_digits_all(), [test_size, val_size], seed)
+    elif name == "synthetic":
+        data = make_synthetic(num_samples, num_features, num_classes, seed)
+        test, val, pool = _carve(data, [test_size, val_size], seed)
+    else:
+        if name == "mnist":
+            train, test = load_mnist(Path(root))
+        elif name == "cifar10":
+            train, test = load_cifar10(Path(root))
+        elif name == "hub":
+            train, test = load_hub(hub_name, hub_image_key, hub_label_key)
+        else:
+            raise ValueError(f"unknown dataset {name!r}")
+        val, pool = _carve(train, [val_size], seed)
+    classes = int(max(pool.y.max(), test.y.max(), val.y.max())) + 1
+    return DataSplits(pool=pool, val=val, test=test, num_classes=max(classes, num_classes if name == "synthetic" else classes))
+
+
+def splits_from_config(cfg) -> DataSplits:
+    ds = cfg.dataset
+    return load_splits(ds.name, ds.root, ds.val_size, ds.test_size, cfg.seed, ds.num_samples,
+                       ds.num_features, ds.num_classes, ds.hub_name, ds.hub_image_key, ds.hub_label_key)

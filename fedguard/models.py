@@ -1,0 +1,114 @@
+"""Models (torch): `mlp` (digits, synthetic), `cnn` (MNIST), `resnet18` (CIFAR-10, 3x3 stem),
+and the conversions between a model and the ArrayRecord Flower carries.
+
+Only floating-point tensors travel (parameters and BatchNorm running statistics);
+integer buffers such as `num_batches_tracked` stay local, so every aggregator can average.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from flwr.app import Array, ArrayRecord
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Two conv blocks and two dense layers (the usual MNIST CNN of the FL literature)."""
+
+    def __init__(self, in_channels: int, side: int, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        flat = 64 * (side // 4) ** 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool (the CIFAR-10 variant)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
+
+    def forward(self, x):
+        return self.head(self.layers(self.stem(x)))
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> nn.Module:
+    if name == "mlp":
+        return MLP(math.prod(input_shape), num_classes, hidden)
+    if len(input_shape) != 3:
+        raise ValueError(f"model={name} needs image inputs (C, H, W), got shape {input_shape}")
+    if name == "cnn":
+        return CNN(input_shape[0], input_shape[1], num_classes, hidden)
+    if name == "resnet18":
+        return ResNet18(input_shape[0], num_classes)
+    raise ValueError(f"unknown model {name!r}; allowed: mlp, cnn, resnet18")
+
+
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that travel: floating-point parameters and buffers, in a fixed order."""
+    return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def model_to_arrays(model: nn.Module) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in exchanged_state(model).items()})
+
+
+def arrays_to_model(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
+    state = {k: torch.from_numpy(arrays[k].numpy().copy()) for k in exchanged_state(model)}
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def flat_from_arrays(arrays: ArrayRecord) -> torch.Tensor:
+    """All arrays of a record as one flat float32 vector, in the record's key order."""
+    return torch.cat([torch.from_numpy(a.numpy()).reshape(-1).float() for a in arrays.values()])
+
+
+def arrays_from_flat(flat: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
+    out, offset = {}, 0
+    for key, arr in like.items():
+        n = math.prod(arr.shape)
+        out[key] = Array(flat[offset:offset + n].reshape(arr.shape).numpy().astype(arr.numpy().dtype))
+        offset += n
+    return ArrayRecord(out)

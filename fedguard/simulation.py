@@ -1,0 +1,74 @@
+"""In-process launcher: Flower's simulation runtime on Ray, with the flattened config.
+
+`flwr run .` fuses `[tool.flwr.app.config]` of pyproject.toml into `context.run_config`.
+To give both launchers one code path, this launcher writes the flattened config of the
+Hydra run into a throwaway Flower app directory and hands that directory to the runtime,
+so every ClientApp and the ServerApp see the same `context.run_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from flwr.app import Context, RecordDict
+from omegaconf import DictConfig
+
+from fedguard.config import flatten
+
+
+def backend_config(cfg: DictConfig) -> dict:
+    """Flower's backend_config from `cfg.backend` (None values left out)."""
+    res = cfg.backend.client_resources
+    init = {k: v for k, v in cfg.backend.init_args.items() if v is not None}
+    if "address" not in init and "num_cpus" not in init:
+        init["num_cpus"] = os.cpu_count() or 1  # explicit: never let Ray guess
+    return {"client_resources": {"num_cpus": float(res.num_cpus), "num_gpus": float(res.num_gpus)},
+            "init_args": init}
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def write_app_dir(directory: Path, flat: dict) -> Path:
+    """A minimal Flower app (pyproject.toml) whose run config is `flat`."""
+    lines = ["[project]", 'name = "fedguard-run"', 'version = "0.1.0"', "",
+             "[tool.flwr.app]", 'publisher = "fedguard"', "",
+             "[tool.flwr.app.components]", 'serverapp = "fedguard.server_app:app"',
+             'clientapp = "fedguard.client_app:app"', "", "[tool.flwr.app.config]"]
+    lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(flat.items())]
+    (directory / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    from fedguard.client_app import app as client_app
+    from fedguard.server_app import app as server_app
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    flat = flatten(cfg)
+    with tempfile.TemporaryDirectory(prefix="fedguard-app-") as tmp:
+        app_dir = write_app_dir(Path(tmp), flat)
+        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
+        _run_simulation(
+            num_supernodes=cfg.num_clients,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend_config(cfg),
+            server_app_context=context,
+            app_dir=str(app_dir),
+            verbose_logging=verbose,
+        )

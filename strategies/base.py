@@ -1,0 +1,73 @@
+"""What every wrapper defense shares: delegation to an inner Flower strategy, the global
+model of the current round, and a notebook (`RoundNotes`) for per-client observations.
+
+Built the way Flower's `DifferentialPrivacyServerSideFixedClipping(strategy, ...)` is:
+remember the global arrays in `configure_train`, inspect/correct replies in
+`aggregate_train`, then delegate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from contextlib import contextmanager
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+
+class RoundNotes:
+    """Per-round observations the strategies make, read by the recorder.
+
+    Keyed by the sender's node id (from message metadata, never from what a client
+    claims about itself). `timing` accumulates seconds per phase ("defense_s", ...).
+    """
+
+    def __init__(self) -> None:
+        self.clients: dict[int, dict[str, Any]] = defaultdict(dict)
+        self.timing: dict[str, float] = defaultdict(float)
+        self.round: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        self.clients.clear()
+        self.timing.clear()
+        self.round.clear()
+
+    @contextmanager
+    def timed(self, key: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[key] += time.perf_counter() - start
+
+
+class StrategyWrapper(Strategy):
+    """Delegates everything to `inner`; subclasses override `aggregate_train`."""
+
+    def __init__(self, inner: Strategy, notes: RoundNotes | None = None):
+        self.inner = inner
+        self.notes = notes or RoundNotes()
+        self.global_arrays: ArrayRecord | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.global_arrays = arrays
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
