@@ -15,4 +15,7 @@ def _cached(items: tuple) -> DictConfig:
 
 
 def config_from_context(context) -> DictConfig:
+    if not context.run_config:
+        raise RuntimeError("context.run_config is empty: launch with `fedguard run` or `flwr run .` "
+                           "(both pass the flattened fedguard config)")
     return _cached(tuple(sorted(context.run_config.items())))

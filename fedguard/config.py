@@ -5,7 +5,9 @@ the wrong type fails at composition with the key named. `validate` adds the sema
 (allowed names, ranges, files on disk) and runs before Ray starts.
 
 Flower's `context.run_config` holds scalars only, so both launchers pass `flatten(cfg)`
-(dotted keys, None dropped) and the apps rebuild the typed config with `from_flat`.
+(dotted keys; None written as "" because run_config has no null, and `flwr run
+--run-config` can only override keys that exist) and the apps rebuild the typed config
+with `from_flat` ("" back to None).
 """
 
 from __future__ import annotations
@@ -162,11 +164,24 @@ def validate(cfg: DictConfig) -> None:
         _fail("defense.clip_norm", defense.clip_norm, "a positive norm, or null for adaptive")
     if defense.clip_multiplier <= 0:
         _fail("defense.clip_multiplier", defense.clip_multiplier, "a positive multiplier")
+    sampled = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+    f = defense.assumed_malicious if defense.assumed_malicious is not None else cfg.num_malicious
+    robust = {defense.name, defense.inner}
+    if "bulyan" in robust and sampled < 4 * f + 3:
+        _fail("defense", "bulyan", f"bulyan needs sampled clients >= 4f+3 = {4 * f + 3} "
+              f"(sampled={sampled}, f={f}); lower defense.assumed_malicious or sample more")
+    if robust & {"krum", "multikrum"} and sampled < 2 * f + 3:
+        _fail("defense", defense.name, f"krum needs sampled clients >= 2f+3 = {2 * f + 3} "
+              f"(sampled={sampled}, f={f})")
     res = cfg.backend.client_resources
     if res.num_cpus <= 0:
         _fail("backend.client_resources.num_cpus", res.num_cpus, "a positive number of CPUs")
     if res.num_gpus < 0:
         _fail("backend.client_resources.num_gpus", res.num_gpus, "a non-negative (fractional) GPU count")
+    init = cfg.backend.init_args
+    if init.address and (init.num_cpus is not None or init.num_gpus is not None):
+        _fail("backend.init_args.num_cpus", init.num_cpus,
+              "null when backend.init_args.address attaches to an existing cluster")
     if cfg.resume and not (Path(cfg.resume) / "config.yaml").is_file():
         _fail("resume", cfg.resume, "a run directory holding config.yaml")
     _validate_data_files(cfg)
@@ -188,7 +203,7 @@ def _validate_data_files(cfg: DictConfig) -> None:
 
 
 def flatten(cfg: DictConfig | dict) -> dict[str, bool | int | float | str]:
-    """Nested config -> {dotted.key: scalar}; None values are dropped (schema default)."""
+    """Nested config -> {dotted.key: scalar}; None becomes "" (run_config has no null)."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     flat: dict[str, bool | int | float | str] = {}
 
@@ -197,8 +212,8 @@ def flatten(cfg: DictConfig | dict) -> dict[str, bool | int | float | str]:
             dotted = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(value, dotted + ".")
-            elif value is not None:
-                flat[dotted] = value
+            else:
+                flat[dotted] = "" if value is None else value
 
     walk(container, "")
     return flat
@@ -208,5 +223,29 @@ def from_flat(flat: dict[str, Any]) -> DictConfig:
     """Rebuild the typed config from `flatten`'s output (e.g. `context.run_config`)."""
     cfg = OmegaConf.structured(FedGuardConfig)
     for key, value in flat.items():
-        OmegaConf.update(cfg, key, value, merge=False)
+        OmegaConf.update(cfg, key, None if value == "" else value, merge=False)
     return cfg
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The composed config for `overrides`, as `fedguard run` would see it (no validation)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def flwr_app_config_toml(cfg: DictConfig) -> str:
+    """The `[tool.flwr.app.config]` table holding `flatten(cfg)` (for pyproject.toml)."""
+    import json
+
+    def value(v):
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+
+    flat = flatten(cfg)
+    return "[tool.flwr.app.config]\n" + "".join(f"{json.dumps(k)} = {value(v)}\n" for k, v in sorted(flat.items()))

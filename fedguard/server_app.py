@@ -99,6 +99,11 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
     recorder = Recorder(run_dir, cfg)
     node_of = handshake(grid, cfg.backend.round_timeout)
+    if sorted(node_of) != list(range(cfg.num_clients)):
+        raise RuntimeError(
+            f"num_clients={cfg.num_clients} but the federation has {len(node_of)} SuperNodes "
+            f"(partition ids {sorted(node_of)[:5]}...); with `flwr run` pass "
+            f"--federation-config 'num-supernodes={cfg.num_clients}'")
     partition_of = {n: p for p, n in node_of.items()}
     sampled_count = len(sample_partitions(cfg.num_clients, cfg.fraction_train, cfg.seed, 1))
     notes = RoundNotes()

@@ -8,7 +8,6 @@ so every ClientApp and the ServerApp see the same `context.run_config`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 from flwr.app import Context, RecordDict
 from omegaconf import DictConfig
 
-from fedguard.config import flatten
+from fedguard.config import flatten, flwr_app_config_toml
 
 
 def backend_config(cfg: DictConfig) -> dict:
@@ -30,20 +29,12 @@ def backend_config(cfg: DictConfig) -> dict:
             "init_args": init}
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
-
-
-def write_app_dir(directory: Path, flat: dict) -> Path:
-    """A minimal Flower app (pyproject.toml) whose run config is `flat`."""
-    lines = ["[project]", 'name = "fedguard-run"', 'version = "0.1.0"', "",
-             "[tool.flwr.app]", 'publisher = "fedguard"', "",
-             "[tool.flwr.app.components]", 'serverapp = "fedguard.server_app:app"',
-             'clientapp = "fedguard.client_app:app"', "", "[tool.flwr.app.config]"]
-    lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(flat.items())]
-    (directory / "pyproject.toml").write_text("\n".join(lines) + "\n")
+def write_app_dir(directory: Path, cfg: DictConfig) -> Path:
+    """A minimal Flower app (pyproject.toml) whose run config is `flatten(cfg)`."""
+    header = ('[project]\nname = "fedguard-run"\nversion = "0.1.0"\n\n'
+              '[tool.flwr.app]\npublisher = "fedguard"\n\n[tool.flwr.app.components]\n'
+              'serverapp = "fedguard.server_app:app"\nclientapp = "fedguard.client_app:app"\n\n')
+    (directory / "pyproject.toml").write_text(header + flwr_app_config_toml(cfg))
     return directory
 
 
@@ -59,7 +50,7 @@ def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     flat = flatten(cfg)
     with tempfile.TemporaryDirectory(prefix="fedguard-app-") as tmp:
-        app_dir = write_app_dir(Path(tmp), flat)
+        app_dir = write_app_dir(Path(tmp), cfg)
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
         _run_simulation(
             num_supernodes=cfg.num_clients,
@@ -70,5 +61,6 @@ def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
             backend_config=backend_config(cfg),
             server_app_context=context,
             app_dir=str(app_dir),
+            is_app=True,  # makes the runtime fuse the app dir's config into run_config
             verbose_logging=verbose,
         )

@@ -1,0 +1,92 @@
+"""The attack schedule by round, the malicious client ids, and seeds shared by colluders.
+
+Rounds are Flower's server rounds, numbered from 1. For trigger round T and
+`accumulate_rounds` = A the phases of a malicious client are::
+
+    1 .. T-A-1   burn_in     (behave honestly: the model trains clean)
+    T-A .. T-1   accumulate  (A stealthy poisoned updates; A = 0 means the trigger alone)
+    T            trigger     (the one damaging update)
+    T+1 ..       after       (honest again if `honest_after`, else the caller keeps attacking)
+
+Honest clients are "clean" in every round; that label is the caller's, not the plan's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PHASES = ("burn_in", "accumulate", "trigger", "after")
+
+
+@dataclass
+class AttackPlan:
+    """Phase schedule of the accumulative attack.
+
+    `trigger_round` fixes the schedule; `burn_in` is the minimum number of clean rounds
+    before accumulation may start (checked, never silently clipped). With `trigger_round`
+    None the trigger comes right after burn-in and accumulation: `burn_in + accumulate_rounds + 1`.
+    """
+
+    burn_in: int = 0
+    accumulate_rounds: int = 0
+    trigger_round: int | None = None
+    honest_after: bool = True
+
+    def __post_init__(self) -> None:
+        if self.burn_in < 0 or self.accumulate_rounds < 0:
+            raise ValueError(f"burn_in ({self.burn_in}) and accumulate_rounds "
+                             f"({self.accumulate_rounds}) must be >= 0")
+        if self.trigger_round is None:
+            self.trigger_round = self.burn_in + self.accumulate_rounds + 1
+        if self.trigger_round < 1:
+            raise ValueError(f"trigger_round must be >= 1 (rounds count from 1), got {self.trigger_round}")
+        if self.accumulation_start - 1 < self.burn_in:
+            raise ValueError(
+                f"trigger_round={self.trigger_round} with accumulate_rounds={self.accumulate_rounds} "
+                f"starts accumulating at round {self.accumulation_start}, leaving fewer than "
+                f"burn_in={self.burn_in} clean rounds")
+
+    @property
+    def accumulation_start(self) -> int:
+        """First accumulate round (equals `trigger_round` when `accumulate_rounds` is 0)."""
+        return int(self.trigger_round) - self.accumulate_rounds
+
+    def phase(self, server_round: int) -> str:
+        """One of `PHASES` for a malicious client at `server_round`."""
+        trigger = int(self.trigger_round)
+        if server_round > trigger:
+            return "after"
+        if server_round == trigger:
+            return "trigger"
+        if server_round >= self.accumulation_start:
+            return "accumulate"
+        return "burn_in"
+
+    def attacking(self, server_round: int) -> bool:
+        """Whether a malicious client sends a crafted reply this round (else it trains honestly)."""
+        phase = self.phase(server_round)
+        return phase in ("accumulate", "trigger") or (phase == "after" and not self.honest_after)
+
+
+def malicious_ids(num_clients: int, num_malicious: int, seed: int) -> list[int]:
+    """Sorted partition ids of the malicious clients: a seeded draw without replacement.
+
+    Every caller with the same arguments (server, recorder, each colluding client) gets the same list.
+    """
+    if not 0 <= num_malicious <= num_clients:
+        raise ValueError(f"num_malicious must be in [0, num_clients={num_clients}], got {num_malicious}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6D616C]))  # "mal"
+    return sorted(int(i) for i in rng.choice(num_clients, size=num_malicious, replace=False))
+
+
+def shared_seed(seed: int, server_round: int, salt: int = 0) -> int:
+    """A 31-bit seed that every colluder derives identically from the run seed and a round.
+
+    Use `server_round=plan.trigger_round` for things fixed over the whole attack (the trigger
+    batch, the attacker's validation batch) and the current round for per-round randomness;
+    `salt` separates independent draws. Valid for `torch.Generator.manual_seed` and numpy.
+    """
+    state = np.random.SeedSequence([int(seed), int(server_round), int(salt), 0x616363]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)

@@ -1,0 +1,32 @@
+"""Discrepancy-aware scale correction of a suspicious update (federated form of DSC).
+
+The corrected model is `global + alpha * update`; `scale_correction` finds the largest
+alpha in [0, 1] whose MD stays under the threshold, by bisection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def scale_correction(md_of_alpha: Callable[[float], float], threshold: float, iters: int = 20) -> float:
+    """Largest alpha in [0, 1] with `md_of_alpha(alpha) <= threshold`, to within 2**-iters.
+
+    Returns 1.0 if md(1) <= threshold (no correction), 0.0 if even md(0) > threshold (drop the
+    update: md(0) is the MD of the global model itself). Otherwise bisection keeps `lo`
+    feasible and `hi` infeasible, and returns `lo`: md(result) <= threshold always holds, even
+    when md is not monotone in alpha (then `lo` is the edge of some feasible stretch).
+    Costs at most `iters + 2` evaluations.
+    """
+    if md_of_alpha(1.0) <= threshold:
+        return 1.0
+    if md_of_alpha(0.0) > threshold:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if md_of_alpha(mid) <= threshold:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,116 @@
+"""Memorization discrepancy (Zhu et al., ICML 2023): per sample x,
+`MD(x) = KL(p_hist(x) || p_model(x))`, p = softmax(logits), no temperature, the historical
+model being the reference distribution. The paper scores a batch by the mean over samples;
+these functions return per-sample values and leave the reduction to the caller.
+
+Models travel as flat float vectors laid out in `exchanged_state(model)` order (floating-point
+parameters and buffers, e.g. BatchNorm running statistics). Models are evaluated in eval mode
+(running statistics, no dropout) and without autograd.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from fedguard.models import exchanged_state
+
+
+def md_per_sample(logits_hist: Tensor, logits_model: Tensor) -> Tensor:
+    """`sum_c p_hist[c] * (log p_hist[c] - log p_model[c])` per row of `[N, C]` logits -> `[N]`.
+
+    Computed from log_softmax (stable for large logits), in float32 at least, clamped at 0
+    (KL is non-negative; rounding can give -1e-9).
+    """
+    dtype = torch.promote_types(logits_hist.dtype, torch.float32)
+    log_h = F.log_softmax(logits_hist.to(dtype), dim=-1)
+    log_m = F.log_softmax(logits_model.to(dtype), dim=-1)
+    return (log_h.exp() * (log_h - log_m)).sum(dim=-1).clamp_min(0.0)
+
+
+def unflatten_state(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
+    """Split a flat vector into the model's exchanged tensors (names, shapes, dtype, device).
+
+    Works inside `vmap` (slicing and reshaping only). Raises ValueError on a length mismatch.
+    """
+    state = exchanged_state(model)
+    total = sum(v.numel() for v in state.values())
+    if flat.shape[-1] != total:
+        raise ValueError(f"flat vector has {flat.shape[-1]} values, the model exchanges {total}")
+    out, offset = {}, 0
+    for name, ref in state.items():
+        n = ref.numel()
+        out[name] = flat[offset:offset + n].reshape(ref.shape).to(dtype=ref.dtype, device=ref.device)
+        offset += n
+    return out
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Puts a module in eval mode and restores each submodule's previous flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _logits(model: nn.Module, flat: Tensor, x: Tensor) -> Tensor:
+    return functional_call(model, unflatten_state(model, flat), (x,))
+
+
+def model_md(model: nn.Module, params_hist: Tensor, params_model: Tensor, x: Tensor) -> Tensor:
+    """Per-sample MD `[N]` of `model` under flat `params_model` against flat `params_hist`.
+
+    `model` is only a template (architecture, non-floating buffers): its own weights are not
+    used and it is left in the train/eval mode it had.
+    """
+    with torch.no_grad(), _eval_mode(model):
+        return md_per_sample(_logits(model, params_hist, x), _logits(model, params_model, x))
+
+
+def batched_md(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x: Tensor,
+               chunk_size: int | None = None) -> Tensor:
+    """Per-sample MD `[K, N]` of K candidates (rows of `stacked_params`, `[K, P]`) against
+    `params_hist` (`[P]`), in one `vmap`-ed `functional_call` over the candidates.
+
+    The historical logits are computed once. `chunk_size` evaluates that many candidates at a
+    time (peak activation memory ~ chunk_size x one forward pass on x); None = all at once.
+    """
+    if stacked_params.dim() != 2:
+        raise ValueError(f"stacked_params must be [K, P], got shape {tuple(stacked_params.shape)}")
+    with torch.no_grad(), _eval_mode(model):
+        logits_hist = _logits(model, params_hist, x)
+
+        def one(flat: Tensor) -> Tensor:
+            return md_per_sample(logits_hist, _logits(model, flat, x))
+
+        return vmap(one, chunk_size=chunk_size)(stacked_params)
+
+
+def md_loop(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x: Tensor) -> Tensor:
+    """Reference form of `batched_md` for tests: one loaded module copy per candidate."""
+
+    def loaded(flat: Tensor) -> nn.Module:
+        m = copy.deepcopy(model)
+        m.load_state_dict(unflatten_state(m, flat), strict=False)
+        return m.eval()
+
+    with torch.no_grad():
+        hist = loaded(params_hist)(x)
+        rows = [md_per_sample(hist, loaded(flat)(x)) for flat in stacked_params]
+    return torch.stack(rows) if rows else x.new_zeros((0, x.shape[0]))
+
+
+def num_exchanged(model: nn.Module) -> int:
+    """Length of the flat vector of `model` (parameters plus floating buffers)."""
+    return sum(math.prod(v.shape) for v in exchanged_state(model).values())

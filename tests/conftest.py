@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    root = SHARED_DATA / "mnist"
+    if not root.is_dir():
+        pytest.skip(f"real MNIST not found at {root} (../shared/data beside the repo)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_npz() -> Path:
+    path = SHARED_DATA / "cifar10-subset" / "cifar10_subset.npz"
+    if not path.is_file():
+        pytest.skip(f"CIFAR-10 subset not found at {path}")
+    return path
+
+
+@pytest.fixture
+def flower_identity():
+    """Flower needs a task identity in-process to build Messages outside a run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield

@@ -1,0 +1,59 @@
+import tomllib
+
+import pytest
+
+from fedguard.config import ConfigError, compose, flatten, from_flat, validate
+from tests.conftest import REPO
+
+
+def test_default_composes_and_validates():
+    cfg = compose()
+    validate(cfg)
+    assert cfg.dataset.name == "digits" and cfg.model.name == "mlp" and cfg.defense.name == "fedavg"
+
+
+def test_dataset_brings_its_natural_model_unless_overridden(mnist_root):
+    assert compose([f"dataset=mnist", f"dataset.root={mnist_root}"]).model.name == "cnn"
+    assert compose([f"dataset=mnist", f"dataset.root={mnist_root}", "model=mlp"]).model.name == "mlp"
+    assert compose(["dataset=cifar10", "dataset.root=x"]).model.name == "resnet18"
+
+
+@pytest.mark.parametrize("overrides, key, value", [
+    (["dataset.name=imagenet"], "dataset", "imagenet"),
+    (["num_clients=5", "num_malicious=6"], "num_malicious", "6"),
+    (["fraction_train=-0.1"], "fraction_train", "-0.1"),
+    (["lr=0"], "lr", "0"),
+    (["dataset=mnist", "dataset.root=/nonexistent/dir"], "dataset.root", "/nonexistent/dir"),
+    (["defense=clipping", "defense.inner=clipping"], "defense.inner", "clipping"),
+    (["defense=bulyan", "num_clients=10", "num_malicious=3"], "defense", "bulyan"),
+    (["backend.client_resources.num_gpus=-1"], "backend.client_resources.num_gpus", "-1"),
+    (["backend.init_args.address=auto", "backend.init_args.num_cpus=2"], "backend.init_args.num_cpus", "2"),
+    (["partitioner.alpha=0"], "partitioner.alpha", "0"),
+])
+def test_invalid_values_name_key_value_and_allowed(overrides, key, value):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides))
+    message = str(err.value)
+    assert f"{key}=" in message and value in message and "allowed:" in message
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(Exception, match="rounds"):
+        compose(["rounds=many"])
+
+
+def test_flatten_round_trip_keeps_every_value_and_null():
+    cfg = compose(["defense=clipping", "dataset.root=/data/x", "lr=0.01"])
+    flat = flatten(cfg)
+    assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
+    assert flat["defense.clip_norm"] == ""  # null travels as ""
+    back = from_flat(flat)
+    assert back.defense.clip_norm is None and back.dataset.root == "/data/x" and back.lr == 0.01
+    assert flatten(back) == flat
+
+
+def test_pyproject_flower_config_is_the_hydra_default():
+    """`flwr run .` and `fedguard run` must start from the same config."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == flatten(compose()), (
+        "regenerate [tool.flwr.app.config] with fedguard.config.flwr_app_config_toml(compose())")
