@@ -1,10 +1,12 @@
-"""`fedguard report RUN_DIR...`: a comparison table of runs and a comparison plot.
+"""`fedguard report RUN_DIR...`: a comparison table of runs (printed and written as
+comparison.csv) and a comparison plot (comparison.png).
 
 Accepts run directories or folders containing them (e.g. a Hydra multirun sweep).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -36,10 +38,10 @@ def run_label(run: Path) -> str:
     label = f"{cfg.dataset.name}/{cfg.model.name} {cfg.defense.name}"
     if cfg.defense.get("inner"):
         label += f"({cfg.defense.inner})"
-    extra = cfg.get("attack", {}).get("name") if isinstance(cfg.get("attack"), dict) or cfg.get("attack") else None
-    if extra and extra != "none":
-        label += f" vs {extra}"
-    return f"{label} n={cfg.num_clients} seed={cfg.seed} [{run.name}]"
+    attack = OmegaConf.select(cfg, "attack.name")
+    if attack and attack != "none":
+        label += f" vs {attack}"
+    return f"{label} n={cfg.num_clients} seed={cfg.seed}"
 
 
 def _fmt(value) -> str:
@@ -47,25 +49,35 @@ def _fmt(value) -> str:
 
 
 def report(paths: list[Path], out: Path | None = None, console: Console | None = None) -> Path:
+    """Print the table; write comparison.csv and comparison.png into `out` (default: beside the runs)."""
     runs = find_runs(paths)
-    console = console or Console()
+    console = console or Console(width=None if Console().is_terminal else 160)
     table = Table(title=f"{len(runs)} run(s)")
     table.add_column("run")
+    table.add_column("dir")
     for name, _ in COLUMNS:
         table.add_column(name, justify="right")
     table.add_column("TPR/FPR", justify="right")
     table.add_column("s/round", justify="right")
-    curves = {}
+    curves, rows = {}, []
     for run in runs:
         summary = json.loads((run / "summary.json").read_text())
         label = run_label(run)
         det = summary.get("detection") or {}
-        table.add_row(label, *[_fmt(summary.get(key)) for _, key in COLUMNS],
-                      f"{_fmt(det.get('tpr'))}/{_fmt(det.get('fpr'))}" if det else "-",
-                      _fmt(summary["timing"].get("round_s_mean")))
-        curves[label] = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines() if line]
+        row = {"run": label, "dir": str(run), **{key: summary.get(key) for _, key in COLUMNS},
+               "tpr": det.get("tpr"), "fpr": det.get("fpr"),
+               "round_s_mean": summary["timing"].get("round_s_mean")}
+        rows.append(row)
+        table.add_row(label, run.name, *[_fmt(row[key]) for _, key in COLUMNS],
+                      f"{_fmt(row['tpr'])}/{_fmt(row['fpr'])}" if det else "-", _fmt(row["round_s_mean"]))
+        curves[f"{label} [{run.name}]"] = [json.loads(line) for line in
+                                           (run / "rounds.jsonl").read_text().splitlines() if line]
     console.print(table)
-    out = out or (runs[0].parent if len(runs) > 1 else runs[0]) / "comparison.png"
-    plot_comparison(curves, out)
-    console.print(f"comparison plot: {out}")
-    return out
+    out_dir = out or (runs[0].parent if len(runs) > 1 else runs[0])
+    with open(out_dir / "comparison.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_comparison(curves, out_dir / "comparison.png")
+    console.print(f"comparison table and plot: {out_dir / 'comparison.csv'}, {out_dir / 'comparison.png'}")
+    return out_dir
