@@ -1,4 +1,5 @@
-"""The ClientApp: an honest client trains on the next batches of its own data stream.
+"""The ClientApp: an honest client trains on the next batches of its own data stream; a
+malicious one (`attacks.malicious_ids`, with an attack configured) runs `attacks.client`.
 
 Identity comes from the node (`node_config["partition-id"]`); the stream cursor lives in
 `Context.state`, so it persists across rounds on the node's Ray actor.
@@ -14,6 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.app_config import config_from_context
+from fedguard.attacks.client import malicious_set, malicious_train
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, model_to_arrays
@@ -53,17 +55,22 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
     arrays_to_model(model, msg.content["arrays"]).to(device)
 
-    batches, _ = stream_batches(cfg, context, partition_id)
-    loss = sgd_steps(model, batches, cfg.lr, cfg.momentum, device)
+    if partition_id in malicious_set(cfg):  # attack branch (fedguard/attacks/client.py)
+        arrays, loss, num_examples = malicious_train(cfg, msg, context, model, partition_id, device)
+        model.cpu()
+    else:
+        batches, _ = stream_batches(cfg, context, partition_id)
+        loss = sgd_steps(model, batches, cfg.lr, cfg.momentum, device)
+        arrays, num_examples = model_to_arrays(model.cpu()), sum(len(y) for _, y in batches)
 
     metrics = MetricRecord({
-        "num-examples": sum(len(y) for _, y in batches),
+        "num-examples": num_examples,
         "train_loss": loss,
         "partition-id": partition_id,
         "train_s": time.perf_counter() - start,
     })
     info = ConfigRecord({"ray-node": ray_node_id(), "device": str(device)})
-    content = RecordDict({"arrays": model_to_arrays(model.cpu()), "metrics": metrics, "info": info})
+    content = RecordDict({"arrays": arrays, "metrics": metrics, "info": info})
     return Message(content=content, reply_to=msg)
 
 

@@ -21,9 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 DATASETS = ("digits", "mnist", "cifar10", "synthetic", "hub")
 MODELS = ("mlp", "cnn", "resnet18")
-DEFENSES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "clipping")
+DEFENSES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "clipping", "mddsc")
 PARTITIONERS = ("iid", "dirichlet", "shards")
-WRAPPER_DEFENSES = ("clipping",)
+WRAPPER_DEFENSES = ("clipping", "mddsc")
+MD_REFERENCES = ("lag", "oldest", "all")
+MD_THRESHOLDS = ("robust", "schedule")
+MD_CORRECTIONS = ("scale", "pgd", "drop")
 
 
 @dataclass
@@ -57,6 +60,35 @@ class PartitionerConfig:
 
 
 @dataclass
+class HistoryConfig:
+    """mddsc: the ring buffer of past global models."""
+    size: int = 10  # snapshots kept
+    stride: int = 1  # snapshot every `stride` rounds
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    reference: str = "lag"  # lag (k snapshots back) | oldest | all (mean over snapshots)
+    lag: int = 5
+
+
+@dataclass
+class ThresholdConfig:
+    """mddsc: which MD score flags an update."""
+    rule: str = "robust"  # robust (median + k*MAD) | schedule (tau0 + slope*round, the paper)
+    k: float = 3.0
+    window: int = 5  # rounds of accepted scores pooled by the robust rule
+    tau0: float = 0.5
+    slope: float = 0.02
+
+
+@dataclass
+class CorrectionConfig:
+    """mddsc: what happens to a flagged update."""
+    method: str = "scale"  # scale | pgd | drop
+    pgd_eps: float = 0.5  # L2 radius, as a fraction of the update norm
+    pgd_steps: int = 10
+    pgd_lr: float = 0.05
+
+
+@dataclass
 class DefenseConfig:
     name: str = "fedavg"
     inner: str | None = None  # inner strategy of a wrapper defense
@@ -65,6 +97,10 @@ class DefenseConfig:
     multikrum_select: int | None = None  # m for multikrum; None -> n - f
     clip_norm: float | None = None  # clipping: fixed bound; None -> median of update norms
     clip_multiplier: float = 1.0  # clipping: bound = multiplier * median norm
+    val_batch: int = 256  # mddsc: server validation samples scored per round
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
 
 
 @dataclass
@@ -88,12 +124,43 @@ class BackendConfig:
     round_timeout: float = 600.0
 
 
+ATTACKS = ("none", "accumulative", "label_flip", "sign_flip", "scaling", "gaussian")
+ATTACK_FORMS = ("update", "data")
+TRIGGER_MODES = ("sgd", "reverse", "val_ascent")
+
+
+@dataclass
+class AttackConfig:
+    """Client-side attacks, run by the `num_malicious` clients `attacks.malicious_ids` picks.
+
+    Every attack follows one schedule (`attacks.AttackPlan`): honest until the accumulate
+    phase, attacking in the accumulate rounds and the trigger round, then honest again if
+    `honest_after` (the baselines set it false: they attack from round burn_in+1 on).
+    """
+    name: str = "none"  # none | accumulative | label_flip | sign_flip | scaling | gaussian
+    form: str = "update"  # accumulative: update (crafted update) | data (poisoned batches, trained on)
+    burn_in: int = 0  # minimum clean rounds before accumulating
+    accumulate_rounds: int = 0  # 0 = the trigger alone
+    trigger_round: int | None = None  # None -> burn_in + accumulate_rounds + 1
+    honest_after: bool = True
+    sign: int = -1  # accumulation direction sign*grad cos(g_trigger, g_val); -1 pairs with sgd
+    trigger_mode: str = "sgd"  # sgd | reverse | val_ascent
+    norm_bound: float = 1.0  # trigger update norm, as a multiple of the honest update norm
+    accumulate_norm: float = 1.0  # accumulate update norm, as a multiple of the honest update norm
+    eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
+    steps: int = 2  # data form: signed-gradient steps per poisoned batch
+    val_batch: int = 32  # attacker's held-out batch, carved from its own partition
+    scale: float = 10.0  # scaling: reply global + scale * honest update
+    noise_std: float = 1.0  # gaussian: reply global + N(0, noise_std^2) on every parameter
+
+
 @dataclass
 class FedGuardConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     partitioner: PartitionerConfig = field(default_factory=PartitionerConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     num_clients: int = 10
     num_malicious: int = 0
@@ -134,6 +201,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("defense", defense.name, ", ".join(DEFENSES))
     if defense.name in WRAPPER_DEFENSES:
         inner_allowed = [d for d in DEFENSES if d not in WRAPPER_DEFENSES]
+        if defense.name == "mddsc":
+            inner_allowed.append("clipping")  # mddsc over norm clipping (over fedavg)
         if defense.inner not in inner_allowed:
             _fail("defense.inner", defense.inner, ", ".join(inner_allowed))
     if cfg.num_clients < 1:
@@ -162,6 +231,18 @@ def validate(cfg: DictConfig) -> None:
         _fail("defense.trim_beta", defense.trim_beta, "a fraction in [0, 0.5)")
     if defense.clip_norm is not None and defense.clip_norm <= 0:
         _fail("defense.clip_norm", defense.clip_norm, "a positive norm, or null for adaptive")
+    if defense.history.reference not in MD_REFERENCES:
+        _fail("defense.history.reference", defense.history.reference, ", ".join(MD_REFERENCES))
+    if defense.history.dtype not in ("float32", "float16", "bfloat16"):
+        _fail("defense.history.dtype", defense.history.dtype, "float32, float16, bfloat16")
+    if defense.history.size < 1 or defense.history.stride < 1 or defense.history.lag < 0:
+        _fail("defense.history", dict(defense.history), "size >= 1, stride >= 1, lag >= 0")
+    if defense.threshold.rule not in MD_THRESHOLDS:
+        _fail("defense.threshold.rule", defense.threshold.rule, ", ".join(MD_THRESHOLDS))
+    if defense.correction.method not in MD_CORRECTIONS:
+        _fail("defense.correction.method", defense.correction.method, ", ".join(MD_CORRECTIONS))
+    if defense.val_batch < 1:
+        _fail("defense.val_batch", defense.val_batch, "an integer >= 1")
     if defense.clip_multiplier <= 0:
         _fail("defense.clip_multiplier", defense.clip_multiplier, "a positive multiplier")
     sampled = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
@@ -184,7 +265,45 @@ def validate(cfg: DictConfig) -> None:
               "null when backend.init_args.address attaches to an existing cluster")
     if cfg.resume and not (Path(cfg.resume) / "config.yaml").is_file():
         _fail("resume", cfg.resume, "a run directory holding config.yaml")
+    _validate_attack(cfg)
     _validate_data_files(cfg)
+
+
+def _validate_attack(cfg: DictConfig) -> None:
+    a = cfg.attack
+    if a.name not in ATTACKS:
+        _fail("attack", a.name, ", ".join(ATTACKS))
+    if a.form not in ATTACK_FORMS:
+        _fail("attack.form", a.form, ", ".join(ATTACK_FORMS))
+    if a.trigger_mode not in TRIGGER_MODES:
+        _fail("attack.trigger_mode", a.trigger_mode, ", ".join(TRIGGER_MODES))
+    if a.form == "data" and a.trigger_mode != "sgd":
+        _fail("attack.trigger_mode", a.trigger_mode, "sgd with attack.form=data (the victim trains on the data)")
+    if a.sign not in (-1, 1):
+        _fail("attack.sign", a.sign, "-1 or 1")
+    for key in ("burn_in", "accumulate_rounds"):
+        if a[key] < 0:
+            _fail(f"attack.{key}", a[key], "an integer >= 0")
+    for key in ("steps", "val_batch"):
+        if a[key] < 1:
+            _fail(f"attack.{key}", a[key], "an integer >= 1")
+    for key in ("norm_bound", "accumulate_norm"):
+        if a[key] <= 0:
+            _fail(f"attack.{key}", a[key], "a positive multiple of the honest update norm")
+    for key in ("eps", "noise_std"):
+        if a[key] < 0:
+            _fail(f"attack.{key}", a[key], "a value >= 0")
+    if a.name == "none":
+        return
+    if cfg.num_malicious < 1:
+        _fail("num_malicious", cfg.num_malicious, f"an integer >= 1 with attack={a.name}")
+    trigger = a.trigger_round if a.trigger_round is not None else a.burn_in + a.accumulate_rounds + 1
+    if not 1 <= trigger <= cfg.rounds:
+        _fail("attack.trigger_round", a.trigger_round, f"1..rounds ({cfg.rounds})" + (
+            f"; null means burn_in + accumulate_rounds + 1 = {trigger}" if a.trigger_round is None else ""))
+    if trigger - a.accumulate_rounds - 1 < a.burn_in:
+        _fail("attack.trigger_round", a.trigger_round,
+              f">= burn_in + accumulate_rounds + 1 = {a.burn_in + a.accumulate_rounds + 1}")
 
 
 def _validate_data_files(cfg: DictConfig) -> None:

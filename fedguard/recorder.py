@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from collections import Counter
+
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,12 +31,27 @@ def _clean(value: Any) -> Any:
     return value
 
 
+ATTACK_PHASES = ("accumulate", "trigger")
+
+
+def detection_rates(counts: Counter) -> dict[str, float | None]:
+    """TPR, FPR and precision of flags from (malicious, flagged) counts."""
+    tp, fn = counts[(True, True)], counts[(True, False)]
+    fp, tn = counts[(False, True)], counts[(False, False)]
+    ratio = lambda a, b: a / b if b else None  # noqa: E731
+    return {"tpr": ratio(tp, tp + fn), "fpr": ratio(fp, fp + tn), "precision": ratio(tp, tp + fp),
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
 class Recorder:
     def __init__(self, run_dir: str | Path, cfg: DictConfig, malicious: set[int] | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.malicious = set(malicious or ())
         self.rounds: list[dict[str, Any]] = []
+        # confusion counts of a defense's flags against ground truth: all scored rounds, and
+        # the attack rounds only (accumulate/trigger), keyed (malicious, flagged)
+        self.flags = {"all": Counter(), "attack": Counter()}
         self.started = time.perf_counter()
         (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         self._rounds_fh = open(self.dir / "rounds.jsonl", "a", encoding="utf-8")
@@ -44,6 +61,11 @@ class Recorder:
         for client in clients:
             client.setdefault("malicious", client["partition_id"] in self.malicious)
             client.setdefault("rejected", None)
+            if client.get("flagged") is not None:
+                key = (client["malicious"], bool(client["flagged"]))
+                self.flags["all"][key] += 1
+                if row.get("phase") in ATTACK_PHASES:
+                    self.flags["attack"][key] += 1
             self._clients_fh.write(json.dumps(_clean({"round": row["round"], **client})) + "\n")
         self._clients_fh.flush()
         row = _clean(row)
@@ -57,7 +79,8 @@ class Recorder:
         before = after = drop = None
         if trigger is not None:
             by_round = {r["round"]: r["accuracy"] for r in self.rounds}
-            before = by_round.get(trigger - 1, self.rounds[0].get("initial_accuracy"))
+            # accuracy at the end of the round before the trigger (the initial model's for round 1)
+            before = self.rounds[0].get("initial_accuracy") if trigger == 1 else by_round.get(trigger - 1)
             after = by_round.get(trigger)
             drop = None if before is None or after is None else before - after
 
@@ -72,7 +95,8 @@ class Recorder:
             "accuracy_after_trigger": after,
             "trigger_drop": drop,
             "attack_success_rate": None,
-            "detection": None,
+            "detection": self.detection(),
+            "honest_flag_rate": detection_rates(self.flags["all"])["fpr"],
             "timing": {
                 "total_s": time.perf_counter() - self.started,
                 "round_s_mean": mean("round_s"),
@@ -84,6 +108,13 @@ class Recorder:
             "rounds": len(self.rounds),
             "failed_replies": sum(r.get("failures", 0) for r in self.rounds),
         })
+
+    def detection(self) -> dict[str, Any] | None:
+        """Flags against ground truth (null without attack or without a scoring defense):
+        over all scored rounds, and `attack_rounds` over the accumulate/trigger rounds."""
+        if not self.malicious or not self.flags["all"]:
+            return None
+        return {**detection_rates(self.flags["all"]), "attack_rounds": detection_rates(self.flags["attack"])}
 
     def finish(self) -> dict[str, Any]:
         self._rounds_fh.close()

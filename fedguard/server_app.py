@@ -9,6 +9,7 @@ first maps partition ids to node ids.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -21,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from fedguard.app_config import config_from_context
+from fedguard.attacks.client import malicious_set, round_phase
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
@@ -97,7 +99,7 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     arrays = model_to_arrays(model)
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
-    recorder = Recorder(run_dir, cfg)
+    recorder = Recorder(run_dir, cfg, malicious=malicious_set(cfg))  # ground truth: recorder only
     node_of = handshake(grid, cfg.backend.round_timeout)
     if sorted(node_of) != list(range(cfg.num_clients)):
         raise RuntimeError(
@@ -107,7 +109,7 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     partition_of = {n: p for p, n in node_of.items()}
     sampled_count = len(sample_partitions(cfg.num_clients, cfg.fraction_train, cfg.seed, 1))
     notes = RoundNotes()
-    strategy = build_strategy(cfg, sampled_count, notes)
+    strategy = build_strategy(cfg, sampled_count, notes, model=copy.deepcopy(model), data=data, device=device)
 
     def test_accuracy(arr: ArrayRecord) -> tuple[float, float]:
         return evaluate(arrays_to_model(model, arr).to(device), data.test.x, data.test.y, device)
@@ -133,12 +135,13 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
             t3 = time.perf_counter()
             defense_s = notes.timing.get("defense_s", 0.0)
             failures = sum(m.has_error() for m in replies)
-            row = {"round": rnd, "accuracy": acc, "test_loss": loss, "phase": "clean",
+            row = {"round": rnd, "accuracy": acc, "test_loss": loss, "phase": round_phase(cfg, rnd),
                    "sampled": len(sampled), "replies": len(replies), "failures": failures,
                    "missing": len(sampled) - len(replies), "kept_previous_model": kept_previous,
                    "global_norm": float(flat_from_arrays(arrays).norm()),
                    "round_s": t3 - t0, "train_s": t1 - t0, "defense_s": defense_s,
                    "aggregate_s": t2 - t1 - defense_s, "evaluate_s": t3 - t2}
+            row.update(notes.round)
             if rnd == 1:
                 row["initial_accuracy"] = initial_acc
             recorder.record_round(row, client_rows(replies, partition_of, notes))

@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Kr
 
 from strategies.base import RoundNotes
 from strategies.clipping import NormClipping
+from strategies.mddsc import MDDSC
 
 _COMMON = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1,
                min_evaluate_nodes=0, min_available_nodes=1)
@@ -41,10 +42,25 @@ def build_aggregator(name: str, cfg, sampled: int) -> Strategy:
     raise ValueError(f"unknown aggregator {name!r}")
 
 
-def build_strategy(cfg, sampled: int, notes: RoundNotes | None = None) -> Strategy:
-    """The full server strategy: wrappers (outermost first) around an inner aggregator."""
-    name = cfg.defense.name
-    if name == "clipping":
-        inner = build_aggregator(cfg.defense.inner, cfg, sampled)
-        return NormClipping(inner, cfg.defense.clip_norm, cfg.defense.clip_multiplier, notes)
-    return build_aggregator(name, cfg, sampled)
+def build_strategy(cfg, sampled: int, notes: RoundNotes | None = None, model=None, data=None,
+                   device=None) -> Strategy:
+    """The full server strategy: wrappers (outermost first) around an inner aggregator.
+
+    `model` (a template of the run's architecture) and `data` (its DataSplits, for the
+    server's validation stream) are needed by `mddsc` only.
+    """
+    d = cfg.defense
+    if d.name == "clipping":
+        return NormClipping(build_aggregator(d.inner, cfg, sampled), d.clip_norm, d.clip_multiplier, notes)
+    if d.name == "mddsc":
+        if d.inner == "clipping":
+            inner = NormClipping(build_aggregator("fedavg", cfg, sampled), d.clip_norm, d.clip_multiplier, notes)
+        else:
+            inner = build_aggregator(d.inner, cfg, sampled)
+        h, t, c = d.history, d.threshold, d.correction
+        return MDDSC(inner, model, data.val.x, data.val.y, seed=cfg.seed, val_batch=d.val_batch,
+                     history_size=h.size, history_stride=h.stride, history_dtype=h.dtype,
+                     reference=h.reference, lag=h.lag, threshold_rule=t.rule, tau0=t.tau0,
+                     slope=t.slope, k=t.k, window=t.window, correction=c.method, pgd_eps=c.pgd_eps,
+                     pgd_steps=c.pgd_steps, pgd_lr=c.pgd_lr, device=device, notes=notes)
+    return build_aggregator(d.name, cfg, sampled)

@@ -1,0 +1,164 @@
+"""`defense=mddsc`: memorization discrepancy against a history of global models, with
+discrepancy-aware correction of suspicious client updates before aggregation.
+
+Federated form of Zhu et al. (ICML 2023). The paper corrects *samples* of one learner;
+here the server corrects *updates*. Each round:
+  1. take the next batch of the server's clean validation stream;
+  2. score every client's proposed model (global + update) by the mean over the batch of
+     `KL(p_hist || p_client)` against the reference snapshot(s) of the history
+     (all clients in one vmapped call);
+  3. threshold: the paper's schedule `tau0 + slope * t`, or a robust rule over this round's
+     scores and recently accepted ones;
+  4. correct the updates above it: `scale` (largest alpha in [0, 1] with
+     MD(global + alpha * update) under the threshold), `pgd` (projected steps on the update
+     that descend the validation loss until MD is under the threshold; falls back to scale),
+     or `drop`;
+  5. delegate to the inner strategy, then push the new global model into the history.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from fedguard.defense.correction import scale_correction
+from fedguard.defense.history import ModelHistory
+from fedguard.defense.md import batched_md, unflatten_state
+from fedguard.defense.thresholds import robust_threshold, schedule_threshold
+from fedguard.models import arrays_from_flat, flat_from_arrays
+from fedguard.streams import IndexStream
+from strategies.base import RoundNotes, StrategyWrapper
+
+VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
+
+
+class MDDSC(StrategyWrapper):
+    def __init__(self, inner: Strategy, model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, *,
+                 seed: int = 0, val_batch: int = 256, history_size: int = 10, history_stride: int = 1,
+                 history_dtype: str = "float32", reference: str = "lag", lag: int = 5,
+                 threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 3.0,
+                 window: int = 5, correction: str = "scale", pgd_eps: float = 0.5, pgd_steps: int = 10,
+                 pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
+        super().__init__(inner, notes)
+        self.device = device or torch.device("cpu")
+        self.model = model.to(self.device).eval()
+        self.val_x, self.val_y = val_x, val_y
+        self.val_stream = IndexStream(np.arange(len(val_y)), seed, VAL_STREAM_ID)
+        self.val_batch = min(val_batch, len(val_y))
+        self.history = ModelHistory(history_size, history_stride, history_dtype)
+        self.reference, self.lag = reference, lag
+        self.threshold_rule, self.tau0, self.slope, self.k = threshold_rule, tau0, slope, k
+        self.accepted: deque[tuple[float, list[float]]] = deque(maxlen=window)  # (round median, accepted)
+        self.correction = correction
+        self.pgd_eps, self.pgd_steps, self.pgd_lr = pgd_eps, pgd_steps, pgd_lr
+
+    # ------------------------------------------------------------------ scoring
+    def _val_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.val_stream.next_batch(self.val_batch)
+        return (torch.from_numpy(self.val_x[idx]).to(self.device),
+                torch.from_numpy(self.val_y[idx]).to(self.device))
+
+    def scores(self, stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mean MD per candidate `[K]`, averaged over the reference snapshot(s)."""
+        refs = self.history.reference(self.reference, self.lag)
+        total = torch.zeros(stacked.shape[0], device=self.device)
+        for snap in refs:
+            total += batched_md(self.model, snap.params.to(self.device), stacked, x).mean(dim=1)
+        return total / len(refs)
+
+    def threshold(self, server_round: int, scores: np.ndarray) -> float:
+        """The schedule, or median + k*MAD over this round's scores pooled with the accepted
+        scores of recent rounds. MD drifts as training goes (and as the reference falls further
+        behind), so each past round's accepted scores are rescaled by the ratio of this round's
+        median to that round's median: the history lends its spread, this round its level."""
+        if self.threshold_rule == "schedule":
+            return schedule_threshold(server_round, self.tau0, self.slope)
+        level = float(np.median(scores))
+        history = [s * level / med for med, accepted in self.accepted if med > 0 for s in accepted]
+        return robust_threshold(scores, history, k=self.k)
+
+    # ------------------------------------------------------------------ correction
+    def _md_of(self, candidate: torch.Tensor, x: torch.Tensor) -> float:
+        return float(self.scores(candidate[None], x)[0])
+
+    def _scale(self, base: torch.Tensor, update: torch.Tensor, x: torch.Tensor, tau: float) -> float:
+        return scale_correction(lambda a: self._md_of(base + a * update, x), tau)
+
+    def _pgd(self, base: torch.Tensor, update: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             tau: float) -> tuple[torch.Tensor, int]:
+        """Steps on the update descending the validation loss, projected to an L2 ball of
+        radius `pgd_eps * ||update||` around it, until MD is under `tau`."""
+        radius = self.pgd_eps * float(update.norm())
+        u = update.clone()
+        for step in range(1, self.pgd_steps + 1):
+            u.requires_grad_(True)
+            logits = functional_call(self.model, unflatten_state(self.model, base + u), (x,))
+            grad, = torch.autograd.grad(F.cross_entropy(logits, y), u)
+            with torch.no_grad():
+                u = u - self.pgd_lr * grad
+                delta = u - update
+                if float(delta.norm()) > radius:
+                    u = update + delta * (radius / float(delta.norm()))
+            if self._md_of(base + u, x) <= tau:
+                return u.detach(), step
+        return u.detach(), -1
+
+    # ------------------------------------------------------------------ the round
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        valid = [m for m in replies if not m.has_error()]
+        if self.global_arrays is None or not valid:
+            return self.inner.aggregate_train(server_round, replies)
+        base = flat_from_arrays(self.global_arrays).to(self.device)
+        if len(self.history) == 0:
+            self.history.push(server_round - 1, base.cpu())
+        with self.notes.timed("defense_s"):
+            kept = self._defend(server_round, base, valid)
+        kept_ids = {id(m) for m in kept}
+        arrays, metrics = self.inner.aggregate_train(
+            server_round, [m for m in replies if m.has_error() or id(m) in kept_ids])
+        if arrays is not None:
+            self.history.push(server_round, flat_from_arrays(arrays))
+        self.notes.round["history_bytes"] = self.history.nbytes
+        return arrays, metrics
+
+    def _defend(self, server_round: int, base: torch.Tensor, replies: list[Message]) -> list[Message]:
+        x, y = self._val_batch()
+        keys = [next(iter(m.content.array_records)) for m in replies]
+        stacked = torch.stack([flat_from_arrays(m.content[k]) for m, k in zip(replies, keys)]).to(self.device)
+        scores = self.scores(stacked, x).cpu().numpy()
+        tau = self.threshold(server_round, scores)
+        kept, accepted = [], []
+        for msg, key, cand, score in zip(replies, keys, stacked, scores):
+            update = cand - base
+            note = {"md": float(score), "threshold": float(tau), "flagged": bool(score > tau),
+                    "update_norm": float(update.norm()), "correction": None}
+            if score <= tau:
+                accepted.append(float(score))
+                kept.append(msg)
+            elif self.correction == "drop":
+                note["correction"] = "drop"
+            else:
+                if self.correction == "pgd":
+                    new_update, steps = self._pgd(base, update, x, y, tau)
+                    if steps < 0:  # PGD did not get under the threshold: scale what it found
+                        new_update = new_update * self._scale(base, new_update, x, tau)
+                    note["correction"] = f"pgd:{steps}"
+                else:
+                    alpha = self._scale(base, update, x, tau)
+                    new_update = alpha * update
+                    note["correction"] = f"scale:{alpha:.4f}"
+                msg.content[key] = arrays_from_flat((base + new_update).cpu(), self.global_arrays)
+                kept.append(msg)
+            self.notes.clients[msg.metadata.src_node_id].update(note)
+        self.accepted.append((float(np.median(scores)), accepted))
+        return kept

@@ -1,0 +1,189 @@
+"""Malicious clients (fedguard/attacks/client.py), called directly on digits (no Ray)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+from fedguard.attacks.client import (
+    attacker_data,
+    craft,
+    heldout_split,
+    malicious_set,
+    malicious_train,
+    round_phase,
+)
+from fedguard.attacks.plan import malicious_ids
+from fedguard.config import ConfigError, compose, flatten, validate
+from fedguard.data.partition import partition_from_config
+from fedguard.data.sources import splits_from_config
+from fedguard.models import build_model, flat_from_arrays, model_to_arrays
+from fedguard.recorder import Recorder
+from fedguard.training import sgd_steps
+
+CPU = torch.device("cpu")
+TINY = ["num_clients=4", "num_malicious=1", "rounds=4", "local_steps=2", "batch_size=16",
+        "model.hidden=16", "attack.val_batch=16"]
+
+
+def config(attack: str, *extra: str):
+    cfg = compose([f"attack={attack}", *TINY, *extra])
+    validate(cfg)
+    return cfg
+
+
+def attacker(cfg) -> int:
+    return malicious_ids(cfg.num_clients, cfg.num_malicious, cfg.seed)[0]
+
+
+def context(cfg, partition_id: int) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"partition-id": partition_id}, state=RecordDict(),
+                   run_config=flatten(cfg))
+
+
+def global_model(cfg):
+    data = splits_from_config(cfg)
+    torch.manual_seed(0)
+    return build_model("mlp", data.input_shape, data.num_classes, cfg.model.hidden), data.num_classes
+
+
+def round_of(cfg, server_round: int):
+    """(crafted, attack data, global model) for the attacker's first train call, at `server_round`."""
+    pid = attacker(cfg)
+    model, classes = global_model(cfg)
+    data = attacker_data(cfg, context(cfg, pid), pid)
+    return craft(cfg, server_round, model, data, CPU, classes, pid), data, model
+
+
+def honest_update(cfg, model, batches) -> torch.Tensor:
+    trained = copy.deepcopy(model)
+    sgd_steps(trained, batches, cfg.lr, cfg.momentum, CPU)
+    return flat_from_arrays(model_to_arrays(trained)) - flat_from_arrays(model_to_arrays(model))
+
+
+ACC = ["attack.trigger_round=4", "attack.accumulate_rounds=2"]
+
+
+def test_accumulate_round_norm_is_accumulate_norm_times_honest():
+    cfg = config("accumulative", *ACC, "attack.accumulate_norm=0.5")
+    crafted, data, model = round_of(cfg, 2)
+    assert crafted.phase == "accumulate" and crafted.attacking
+    ref = honest_update(cfg, model, data.batches)
+    assert torch.allclose(crafted.honest_update, ref, atol=1e-6)
+    assert crafted.update.norm().item() == pytest.approx(0.5 * ref.norm().item(), rel=1e-4)
+    assert torch.nn.functional.cosine_similarity(crafted.update, ref, dim=0) < 0.99  # not the honest one
+
+
+def test_trigger_round_norm_is_norm_bound_times_honest():
+    cfg = config("accumulative", *ACC, "attack.norm_bound=2.0")
+    crafted, data, model = round_of(cfg, 4)
+    assert crafted.phase == "trigger" and crafted.attacking
+    ref = honest_update(cfg, model, data.batches)
+    assert crafted.update.norm().item() == pytest.approx(2.0 * ref.norm().item(), rel=1e-4)
+
+
+def test_burn_in_and_after_are_honest():
+    cfg = config("accumulative", *ACC)
+    for rnd, phase in ((1, "burn_in"), (5, "after")):
+        crafted, data, model = round_of(cfg, rnd)
+        assert crafted.phase == phase and not crafted.attacking
+        assert torch.allclose(crafted.update, honest_update(cfg, model, data.batches), atol=1e-6)
+
+
+def test_data_form_trains_on_poisoned_batches():
+    cfg = config("accumulative", *ACC, "attack.form=data", "attack.eps=0.1")
+    crafted, data, model = round_of(cfg, 2)
+    assert crafted.trained is not None
+    assert not torch.allclose(crafted.update, crafted.honest_update, atol=1e-6)
+
+
+def test_sign_flip_scaling_gaussian_label_flip_relations():
+    crafted, _, _ = round_of(config("sign_flip"), 1)
+    assert crafted.attacking and torch.allclose(crafted.update, -crafted.honest_update)
+    crafted, _, _ = round_of(config("scaling", "attack.scale=7.0"), 1)
+    assert torch.allclose(crafted.update, 7.0 * crafted.honest_update)
+    cfg = config("gaussian", "attack.noise_std=0.3")
+    crafted, _, _ = round_of(cfg, 2)
+    again, _, _ = round_of(cfg, 2)
+    assert torch.equal(crafted.update, again.update)  # seeded by (seed, round, partition)
+    assert abs(crafted.update.mean().item()) < 0.03 and crafted.update.std().item() == pytest.approx(0.3, rel=0.1)
+    cfg = config("label_flip")
+    crafted, data, model = round_of(cfg, 1)
+    flipped = [(x, 9 - y) for x, y in data.batches]
+    assert torch.allclose(crafted.update, honest_update(cfg, model, flipped), atol=1e-6)
+    assert not torch.allclose(crafted.update, crafted.honest_update, atol=1e-4)
+
+
+def test_heldout_batch_is_disjoint_from_the_training_stream():
+    cfg = config("accumulative", *ACC)
+    pid = attacker(cfg)
+    partition = partition_from_config(cfg, splits_from_config(cfg).pool.y, pid)
+    train_idx, val_idx = heldout_split(cfg, partition)
+    assert len(val_idx) == cfg.attack.val_batch
+    assert set(train_idx).isdisjoint(val_idx) and set(train_idx) | set(val_idx) == set(partition)
+    ctx = context(cfg, pid)
+    seen: set[int] = set()
+    for _ in range(len(partition) // (cfg.local_steps * cfg.batch_size) + 2):  # past an epoch boundary
+        data = attacker_data(cfg, ctx, pid)
+        assert np.array_equal(data.val_indices, val_idx)
+        seen.update(int(i) for idx in data.batch_indices for i in idx)
+    assert seen == set(train_idx.tolist())
+    trig = attacker_data(cfg, context(cfg, pid), pid)
+    assert torch.equal(trig.x_trig, data.x_trig)  # the trigger batch is fixed over the run
+
+
+def test_malicious_train_replies_global_plus_update(flower_identity):
+    cfg = config("scaling", "attack.scale=3.0")
+    pid = attacker(cfg)
+    model, _ = global_model(cfg)
+    global_arrays = model_to_arrays(model)
+    content = RecordDict({"arrays": global_arrays, "config": ConfigRecord({"server-round": 1, "lr": cfg.lr})})
+    msg = Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+    arrays, loss, num_examples = malicious_train(cfg, msg, context(cfg, pid), model, pid, CPU)
+    assert list(arrays.keys()) == list(global_arrays.keys())
+    assert num_examples == cfg.local_steps * cfg.batch_size and np.isfinite(loss)
+    data = attacker_data(cfg, context(cfg, pid), pid)
+    expected = flat_from_arrays(global_arrays) + 3.0 * honest_update(cfg, model, data.batches)
+    assert torch.allclose(flat_from_arrays(arrays), expected, atol=1e-5)
+    assert torch.equal(flat_from_arrays(model_to_arrays(model)), flat_from_arrays(global_arrays))  # untouched
+
+
+def test_phase_and_ground_truth():
+    cfg = config("accumulative", *ACC)
+    assert [round_phase(cfg, r) for r in range(1, 6)] == ["burn_in", "accumulate", "accumulate", "trigger", "after"]
+    assert malicious_set(cfg) == {attacker(cfg)}
+    none = compose(["num_malicious=1"])
+    assert round_phase(none, 3) == "clean" and malicious_set(none) == set()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["attack.name=nope"], "attack"),
+    (["attack=accumulative", "num_malicious=0"], "num_malicious"),
+    (["attack=accumulative", "num_malicious=1", "rounds=4"], "attack.trigger_round"),
+    (["attack=accumulative", "num_malicious=1", "attack.burn_in=18"], "attack.trigger_round"),
+    (["attack=accumulative", "num_malicious=1", "attack.trigger_mode=x"], "attack.trigger_mode"),
+    (["attack=accumulative", "num_malicious=1", "attack.form=data", "attack.trigger_mode=reverse"],
+     "attack.trigger_mode"),
+    (["attack=accumulative", "num_malicious=1", "attack.norm_bound=0"], "attack.norm_bound"),
+    (["attack=accumulative", "num_malicious=1", "attack.sign=2"], "attack.sign"),
+])
+def test_invalid_attack_config(overrides, key):
+    with pytest.raises(ConfigError, match=f"{key}=.*allowed:"):
+        validate(compose(overrides))
+
+
+@pytest.mark.parametrize("trigger, before", [(1, 0.1), (3, 0.8)])
+def test_accuracy_before_trigger(tmp_path, trigger, before):
+    rec = Recorder(tmp_path, compose())
+    for rnd, acc in ((1, 0.5), (2, 0.8), (3, 0.3)):
+        row = {"round": rnd, "accuracy": acc, "phase": "trigger" if rnd == trigger else "accumulate"}
+        if rnd == 1:
+            row["initial_accuracy"] = 0.1
+        rec.record_round(row, [])
+    summary = rec.summary()
+    assert summary["accuracy_before_trigger"] == before
+    assert summary["trigger_drop"] == pytest.approx(before - {1: 0.5, 3: 0.3}[trigger])
