@@ -73,7 +73,8 @@ class HistoryConfig:
 class ThresholdConfig:
     """mddsc: which MD score flags an update."""
     rule: str = "robust"  # robust (median + k*MAD) | schedule (tau0 + slope*round, the paper)
-    k: float = 3.0
+    k: float = 3.0  # robust: flag above median + k * spread of log-MD
+    min_log_spread: float = 0.5  # robust: spread floor (log units)
     window: int = 5  # rounds of accepted scores pooled by the robust rule
     tau0: float = 0.5
     slope: float = 0.02

@@ -61,6 +61,6 @@ def build_strategy(cfg, sampled: int, notes: RoundNotes | None = None, model=Non
         return MDDSC(inner, model, data.val.x, data.val.y, seed=cfg.seed, val_batch=d.val_batch,
                      history_size=h.size, history_stride=h.stride, history_dtype=h.dtype,
                      reference=h.reference, lag=h.lag, threshold_rule=t.rule, tau0=t.tau0,
-                     slope=t.slope, k=t.k, window=t.window, correction=c.method, pgd_eps=c.pgd_eps,
+                     slope=t.slope, k=t.k, min_log_spread=t.min_log_spread, window=t.window, correction=c.method, pgd_eps=c.pgd_eps,
                      pgd_steps=c.pgd_steps, pgd_lr=c.pgd_lr, device=device, notes=notes)
     return build_aggregator(d.name, cfg, sampled)

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from fedguard.defense.correction import scale_correction
 from fedguard.defense.history import ModelHistory
 from fedguard.defense.md import batched_md, unflatten_state
-from fedguard.defense.thresholds import robust_threshold, schedule_threshold
+from fedguard.defense.thresholds import MAD_TO_SIGMA, schedule_threshold
 from fedguard.models import arrays_from_flat, flat_from_arrays
 from fedguard.streams import IndexStream
 from strategies.base import RoundNotes, StrategyWrapper
@@ -45,6 +45,7 @@ class MDDSC(StrategyWrapper):
                  seed: int = 0, val_batch: int = 256, history_size: int = 10, history_stride: int = 1,
                  history_dtype: str = "float32", reference: str = "lag", lag: int = 5,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 3.0,
+                 min_log_spread: float = 0.5,
                  window: int = 5, correction: str = "scale", pgd_eps: float = 0.5, pgd_steps: int = 10,
                  pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
         super().__init__(inner, notes)
@@ -56,6 +57,7 @@ class MDDSC(StrategyWrapper):
         self.history = ModelHistory(history_size, history_stride, history_dtype)
         self.reference, self.lag = reference, lag
         self.threshold_rule, self.tau0, self.slope, self.k = threshold_rule, tau0, slope, k
+        self.min_log_spread = min_log_spread
         self.accepted: deque[tuple[float, list[float]]] = deque(maxlen=window)  # (round median, accepted)
         self.correction = correction
         self.pgd_eps, self.pgd_steps, self.pgd_lr = pgd_eps, pgd_steps, pgd_lr
@@ -75,15 +77,20 @@ class MDDSC(StrategyWrapper):
         return total / len(refs)
 
     def threshold(self, server_round: int, scores: np.ndarray) -> float:
-        """The schedule, or median + k*MAD over this round's scores pooled with the accepted
-        scores of recent rounds. MD drifts as training goes (and as the reference falls further
-        behind), so each past round's accepted scores are rescaled by the ratio of this round's
-        median to that round's median: the history lends its spread, this round its level."""
+        """The paper's schedule, or a robust rule: median + k*max(1.4826*MAD, min_log_spread) of
+        log-scores (MD is positive and heavy-tailed, roughly log-normal across honest clients;
+        the spread floor stops a few near-equal scores from flagging honest ones), over this
+        round's scores
+        pooled with the accepted scores of recent rounds. MD drifts as training goes, so each
+        past round's accepted scores are first rescaled by the ratio of this round's median to
+        that round's median: the history lends its spread, this round its level."""
         if self.threshold_rule == "schedule":
             return schedule_threshold(server_round, self.tau0, self.slope)
         level = float(np.median(scores))
         history = [s * level / med for med, accepted in self.accepted if med > 0 for s in accepted]
-        return robust_threshold(scores, history, k=self.k)
+        pool = np.log(np.maximum(np.concatenate([scores, history]), 1e-12))
+        spread = max(MAD_TO_SIGMA * float(np.median(np.abs(pool - np.median(pool)))), self.min_log_spread)
+        return float(np.exp(np.median(pool) + self.k * spread))
 
     # ------------------------------------------------------------------ correction
     def _md_of(self, candidate: torch.Tensor, x: torch.Tensor) -> float:
