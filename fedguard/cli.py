@@ -13,7 +13,7 @@ def _hydra_run() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from fedguard.config import ConfigError, register_schema, validate
+    from fedguard.config import ConfigError, register_schema, resume_config, validate
 
     register_schema()
 
@@ -21,11 +21,15 @@ def _hydra_run() -> None:
     def task(cfg: DictConfig) -> float | None:
         try:
             validate(cfg)
+            if cfg.resume:  # continue RUN_DIR with its own saved config (other overrides ignored)
+                cfg = resume_config(cfg.resume)
+                validate(cfg)
         except ConfigError as err:
             print(err, file=sys.stderr)
             raise SystemExit(2) from None
         OmegaConf.set_struct(cfg, False)
-        cfg.run_dir = HydraConfig.get().runtime.output_dir
+        if not cfg.resume:
+            cfg.run_dir = HydraConfig.get().runtime.output_dir
         from fedguard.simulation import run_simulation
 
         run_simulation(cfg)
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
     if command == "run":
+        resume = [a.split("=", 1)[1] for a in rest if a.startswith("resume=")]
+        if resume and resume[-1] and not any(a.startswith("hydra.run.dir=") for a in rest):
+            # Hydra's output dir of a resumption is the run it continues; no new .hydra/ there
+            rest = [*rest, f"hydra.run.dir={resume[-1]}", "hydra.output_subdir=null"]
         sys.argv = [f"{sys.argv[0]} run", *rest]
         _hydra_run()
     elif command == "report":

@@ -3,21 +3,32 @@ malicious one (`attacks.malicious_ids`, with an attack configured) runs `attacks
 
 Identity comes from the node (`node_config["partition-id"]`); the stream cursor lives in
 `Context.state`, so it persists across rounds on the node's Ray actor.
+
+Reliability hooks: an injected fault (`fedguard/faults.py`) may crash, hang or corrupt the
+reply; every reply echoes the node's `Context.state` (ConfigRecord "info", key "state", JSON)
+so the server can checkpoint it, and a resumed server sends it back ("resume-state" in the
+train ConfigRecord), applied once to a node whose state does not hold it yet (so client
+state, e.g. a sanitiser's, must live in ConfigRecords of JSON-able values). torch is
+seeded per (seed, round, partition) so any randomness in local training is reproducible
+whichever Ray actor runs the client.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from functools import lru_cache
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.app_config import config_from_context
-from fedguard.attacks.client import malicious_set, malicious_train
+from fedguard.attacks.client import malicious_set, malicious_train, server_round_of
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
+from fedguard.faults import corrupt, fail_before_training, fault_for
 from fedguard.models import arrays_to_model, build_model, model_to_arrays
 from fedguard.runtime import assigned_device, ray_node_id, set_threads
 from fedguard.streams import IndexStream, load_cursor, save_cursor
@@ -44,11 +55,38 @@ def stream_batches(cfg, context: Context, partition_id: int):
     return batches, len(indices)
 
 
+RESUME_KEY = "resume-state"  # train ConfigRecord key: the node's state saved by a resumed server
+STATE_INFO_KEY = "state"  # reply ConfigRecord "info" key: JSON of the node's Context.state
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def apply_resume_state(msg: Message, context: Context) -> None:
+    """Restore the ConfigRecords a resumed server sent, those this node does not hold yet."""
+    for record in msg.content.config_records.values():
+        if RESUME_KEY in record and record[RESUME_KEY]:
+            for name, values in json.loads(str(record[RESUME_KEY])).items():
+                if name not in context.state.config_records:
+                    context.state.config_records[name] = ConfigRecord(values)
+
+
+def state_json(context: Context) -> str:
+    return json.dumps({name: dict(rec) for name, rec in sorted(context.state.config_records.items())},
+                      sort_keys=True)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     cfg = config_from_context(context)
     partition_id = int(context.node_config["partition-id"])
+    server_round = server_round_of(msg)
+    fault = fault_for(cfg, server_round, partition_id)
+    fail_before_training(fault, cfg)  # crash / hang (fedguard/faults.py)
+    apply_resume_state(msg, context)
+    torch.manual_seed(client_seed(cfg.seed, server_round, partition_id))
     set_threads(cfg.backend.client_resources.num_cpus)
     device = assigned_device()
     data = splits_from_config(cfg)
@@ -69,8 +107,9 @@ def train(msg: Message, context: Context) -> Message:
         "partition-id": partition_id,
         "train_s": time.perf_counter() - start,
     })
-    info = ConfigRecord({"ray-node": ray_node_id(), "device": str(device)})
+    info = ConfigRecord({"ray-node": ray_node_id(), "device": str(device), STATE_INFO_KEY: state_json(context)})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "info": info})
+    content = corrupt(fault, content, cfg.seed, server_round, partition_id)  # hostile-reply faults
     return Message(content=content, reply_to=msg)
 
 

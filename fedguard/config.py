@@ -74,7 +74,7 @@ class ThresholdConfig:
     """mddsc: which MD score flags an update."""
     rule: str = "robust"  # robust (median + k*MAD) | schedule (tau0 + slope*round, the paper)
     k: float = 3.0  # robust: flag above median + k * spread of log-MD
-    min_log_spread: float = 0.5  # robust: spread floor (log units)
+    min_log_spread: float = 0.1  # robust: spread floor (log units): flag >= e^(k*0.1) x median
     window: int = 5  # rounds of accepted scores pooled by the robust rule
     tau0: float = 0.5
     slope: float = 0.02
@@ -125,7 +125,9 @@ class BackendConfig:
     round_timeout: float = 600.0
 
 
-ATTACKS = ("none", "accumulative", "label_flip", "sign_flip", "scaling", "gaussian")
+ATTACKS = ("none", "accumulative", "label_flip", "backdoor", "sign_flip", "scaling", "gaussian", "alie", "ipm")
+BACKDOOR_TRIGGERS = ("patch", "blend")
+KNOWN_NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}
 ATTACK_FORMS = ("update", "data")
 TRIGGER_MODES = ("sgd", "reverse", "val_ascent")
 
@@ -138,7 +140,7 @@ class AttackConfig:
     phase, attacking in the accumulate rounds and the trigger round, then honest again if
     `honest_after` (the baselines set it false: they attack from round burn_in+1 on).
     """
-    name: str = "none"  # none | accumulative | label_flip | sign_flip | scaling | gaussian
+    name: str = "none"  # none | accumulative | label_flip | backdoor | sign_flip | scaling | gaussian | alie | ipm
     form: str = "update"  # accumulative: update (crafted update) | data (poisoned batches, trained on)
     burn_in: int = 0  # minimum clean rounds before accumulating
     accumulate_rounds: int = 0  # 0 = the trigger alone
@@ -153,6 +155,30 @@ class AttackConfig:
     val_batch: int = 32  # attacker's held-out batch, carved from its own partition
     scale: float = 10.0  # scaling: reply global + scale * honest update
     noise_std: float = 1.0  # gaussian: reply global + N(0, noise_std^2) on every parameter
+    # backdoor (fedguard/attacks/backdoor.py)
+    target_label: int = 0  # triggered samples are relabelled to this class
+    poison_fraction: float = 0.5  # share of each malicious batch stamped and relabelled
+    trigger_type: str = "patch"  # patch (BadNets white square, bottom-right) | blend (seeded random pattern)
+    patch_size: int = 3  # patch side in pixels (vectors: the last patch_size features)
+    blend_alpha: float = 0.2  # blend: x <- (1 - alpha) x + alpha pattern
+    boost: float = 1.0  # model replacement: reply global + boost * (trained - global); 1 = none
+    # omniscient, server-side (strategies/omniscient.py)
+    alie_z: float | None = None  # alie: mean - z * std; null -> Baruch et al.'s z from n and f
+    ipm_eps: float = 0.5  # ipm: reply global - ipm_eps * mean honest update
+
+
+FAULT_KINDS = ("none", "crash", "hang", "nan", "wrong_shape", "oversize", "inflate_examples", "garbage")
+WEIGHTINGS = ("num_examples", "uniform")
+
+
+@dataclass
+class FaultsConfig:
+    """Injected client faults (`fedguard/faults.py`): each round, `rate` of the sampled clients
+    (at least one when rate > 0; chosen seeded by seed and round) fail in the way `kind` says:
+    crash (raise), hang (sleep past backend.round_timeout), or send a hostile reply (nan,
+    wrong_shape, oversize, inflate_examples, garbage)."""
+    kind: str = "none"
+    rate: float = 0.2
 
 
 @dataclass
@@ -163,6 +189,7 @@ class FedGuardConfig:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     num_clients: int = 10
     num_malicious: int = 0
     fraction_train: float = 1.0
@@ -172,7 +199,10 @@ class FedGuardConfig:
     lr: float = 0.05
     momentum: float = 0.0
     seed: int = 0
-    resume: str | None = None
+    weighting: str = "num_examples"  # num_examples (client-claimed, capped at local_steps*batch_size) | uniform
+    min_replies: int = 1  # fewer valid replies than this: the round keeps the previous global model
+    checkpoint_every: int = 1  # rounds between checkpoints (RUN_DIR/checkpoint.pt); 0 = off
+    resume: str | None = None  # a run directory: continue it from its checkpoint
     run_dir: str | None = None  # set by the launcher; `flwr run` falls back to outputs/flwr/
     progress: bool = True
 
@@ -266,6 +296,18 @@ def validate(cfg: DictConfig) -> None:
               "null when backend.init_args.address attaches to an existing cluster")
     if cfg.resume and not (Path(cfg.resume) / "config.yaml").is_file():
         _fail("resume", cfg.resume, "a run directory holding config.yaml")
+    if cfg.backend.round_timeout <= 0:
+        _fail("backend.round_timeout", cfg.backend.round_timeout, "a positive number of seconds")
+    if cfg.faults.kind not in FAULT_KINDS:
+        _fail("faults.kind", cfg.faults.kind, ", ".join(FAULT_KINDS))
+    if not 0.0 <= cfg.faults.rate <= 1.0:
+        _fail("faults.rate", cfg.faults.rate, "a fraction of the sampled clients in [0, 1]")
+    if cfg.weighting not in WEIGHTINGS:
+        _fail("weighting", cfg.weighting, ", ".join(WEIGHTINGS))
+    if not 1 <= cfg.min_replies <= sampled:
+        _fail("min_replies", cfg.min_replies, f"1..sampled clients per round ({sampled})")
+    if cfg.checkpoint_every < 0:
+        _fail("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = no checkpoints)")
     _validate_attack(cfg)
     _validate_data_files(cfg)
 
@@ -294,6 +336,7 @@ def _validate_attack(cfg: DictConfig) -> None:
     for key in ("eps", "noise_std"):
         if a[key] < 0:
             _fail(f"attack.{key}", a[key], "a value >= 0")
+    _validate_backdoor_and_omniscient(cfg)
     if a.name == "none":
         return
     if cfg.num_malicious < 1:
@@ -305,6 +348,28 @@ def _validate_attack(cfg: DictConfig) -> None:
     if trigger - a.accumulate_rounds - 1 < a.burn_in:
         _fail("attack.trigger_round", a.trigger_round,
               f">= burn_in + accumulate_rounds + 1 = {a.burn_in + a.accumulate_rounds + 1}")
+
+
+def _validate_backdoor_and_omniscient(cfg: DictConfig) -> None:
+    a = cfg.attack
+    if a.trigger_type not in BACKDOOR_TRIGGERS:
+        _fail("attack.trigger_type", a.trigger_type, ", ".join(BACKDOOR_TRIGGERS))
+    classes = cfg.dataset.num_classes if cfg.dataset.name == "synthetic" else KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    if a.target_label < 0 or (classes is not None and a.target_label >= classes):
+        _fail("attack.target_label", a.target_label,
+              f"a class in 0..{classes - 1}" if classes is not None else "a class index >= 0")
+    if not 0.0 < a.poison_fraction <= 1.0:
+        _fail("attack.poison_fraction", a.poison_fraction, "a fraction in (0, 1]")
+    if a.patch_size < 1:
+        _fail("attack.patch_size", a.patch_size, "an integer >= 1")
+    if not 0.0 < a.blend_alpha <= 1.0:
+        _fail("attack.blend_alpha", a.blend_alpha, "a weight in (0, 1]")
+    if a.boost <= 0:
+        _fail("attack.boost", a.boost, "a positive factor (1 = no model replacement)")
+    if a.alie_z is not None and a.alie_z < 0:
+        _fail("attack.alie_z", a.alie_z, "a value >= 0, or null for Baruch et al.'s z from n and f")
+    if a.ipm_eps <= 0:
+        _fail("attack.ipm_eps", a.ipm_eps, "a positive factor")
 
 
 def _validate_data_files(cfg: DictConfig) -> None:
@@ -320,6 +385,20 @@ def _validate_data_files(cfg: DictConfig) -> None:
     problem = expected_files(ds.name, Path(ds.root))
     if problem:
         _fail("dataset.root", ds.root, problem)
+
+
+def resume_config(run_dir: str | Path) -> DictConfig:
+    """The config to continue the run in `run_dir`: its saved `config.yaml` (every other
+    override of the resuming command is ignored), with `resume` and `run_dir` set to it."""
+    saved = OmegaConf.load(Path(run_dir) / "config.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(FedGuardConfig), saved)
+    cfg.resume = str(run_dir)
+    cfg.run_dir = str(run_dir)
+    return cfg
+
+
+# keys that may differ between a run and its resumption
+RESUME_FREE_KEYS = ("resume", "run_dir", "progress")
 
 
 def flatten(cfg: DictConfig | dict) -> dict[str, bool | int | float | str]:

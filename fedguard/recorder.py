@@ -1,7 +1,9 @@
 """The run directory: config.yaml, rounds.jsonl, clients.jsonl, summary.json and plots.
 
 Rows are appended and flushed as each round ends, so a crashed run keeps what it did.
-Ground truth (which clients are malicious) is handed to the recorder only.
+Ground truth (which clients are malicious, which had a fault injected) is the recorder's only.
+A resumed run (`resume_round`) first truncates rounds.jsonl and clients.jsonl to the rows of
+rounds <= the checkpointed round, then restores the rest from the checkpoint (`load_state_dict`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections import Counter
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+from fedguard.faults import fault_for
 
 
 def _clean(value: Any) -> Any:
@@ -43,17 +47,47 @@ def detection_rates(counts: Counter) -> dict[str, float | None]:
             "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
+def reason_category(reason: str) -> str:
+    """"array shape: 'w' is (1, 3)..." -> "array shape" (summary.json counts categories)."""
+    return reason.split(":", 1)[0].strip()
+
+
+def truncate_jsonl(path: Path, last_round: int) -> None:
+    """Keep the rows of rounds <= `last_round` (and drop a torn last line), atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= last_round:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 class Recorder:
-    def __init__(self, run_dir: str | Path, cfg: DictConfig, malicious: set[int] | None = None):
+    def __init__(self, run_dir: str | Path, cfg: DictConfig, malicious: set[int] | None = None,
+                 resume_round: int | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
         self.malicious = set(malicious or ())
         self.rounds: list[dict[str, Any]] = []
         # confusion counts of a defense's flags against ground truth: all scored rounds, and
         # the attack rounds only (accumulate/trigger), keyed (malicious, flagged)
         self.flags = {"all": Counter(), "attack": Counter()}
+        self.rejected: Counter = Counter()  # rejected replies by reason category
+        self.elapsed_before = 0.0  # seconds spent before a resume
         self.started = time.perf_counter()
-        (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        if resume_round is None:
+            (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        else:
+            for name in ("rounds.jsonl", "clients.jsonl"):
+                truncate_jsonl(self.dir / name, resume_round)
         self._rounds_fh = open(self.dir / "rounds.jsonl", "a", encoding="utf-8")
         self._clients_fh = open(self.dir / "clients.jsonl", "a", encoding="utf-8")
 
@@ -61,6 +95,9 @@ class Recorder:
         for client in clients:
             client.setdefault("malicious", client["partition_id"] in self.malicious)
             client.setdefault("rejected", None)
+            client.setdefault("fault", fault_for(self.cfg, row["round"], client["partition_id"]))
+            if client["rejected"]:
+                self.rejected[reason_category(str(client["rejected"]))] += 1
             if client.get("flagged") is not None:
                 key = (client["malicious"], bool(client["flagged"]))
                 self.flags["all"][key] += 1
@@ -94,11 +131,11 @@ class Recorder:
             "accuracy_before_trigger": before,
             "accuracy_after_trigger": after,
             "trigger_drop": drop,
-            "attack_success_rate": None,
+            "attack_success_rate": self.rounds[-1].get("asr") if self.rounds else None,  # backdoor: final round
             "detection": self.detection(),
             "honest_flag_rate": detection_rates(self.flags["all"])["fpr"],
             "timing": {
-                "total_s": time.perf_counter() - self.started,
+                "total_s": self.elapsed_before + time.perf_counter() - self.started,
                 "round_s_mean": mean("round_s"),
                 "train_s": mean("train_s"),
                 "defense_s": mean("defense_s"),
@@ -107,7 +144,24 @@ class Recorder:
             },
             "rounds": len(self.rounds),
             "failed_replies": sum(r.get("failures", 0) for r in self.rounds),
+            "missing_replies": sum(r.get("missing", 0) for r in self.rounds),
+            "rejected": dict(sorted(self.rejected.items())),
+            "kept_previous_rounds": [r["round"] for r in self.rounds if r.get("kept_previous_model")],
         })
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue the records (rows so far, counters, time)."""
+        return {"rounds": [dict(r) for r in self.rounds],
+                "flags": {k: [[bool(m), bool(f), int(n)] for (m, f), n in c.items()] for k, c in self.flags.items()},
+                "rejected": dict(self.rejected),
+                "elapsed_s": self.elapsed_before + time.perf_counter() - self.started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rounds = [dict(r) for r in state["rounds"]]
+        self.flags = {k: Counter({(m, f): n for m, f, n in rows}) for k, rows in state["flags"].items()}
+        self.rejected = Counter(state["rejected"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.started = time.perf_counter()
 
     def detection(self) -> dict[str, Any] | None:
         """Flags against ground truth (null without attack or without a scoring defense):
@@ -121,7 +175,10 @@ class Recorder:
         self._clients_fh.close()
         summary = self.summary()
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        from fedguard.plots import plot_accuracy
+        from fedguard.plots import plot_accuracy, plot_md
 
         plot_accuracy(self.rounds, self.dir / "accuracy.png")
+        if self.flags["all"]:  # a defense scored updates: draw MD per client
+            clients = [json.loads(line) for line in (self.dir / "clients.jsonl").read_text().splitlines() if line]
+            plot_md(clients, self.rounds, self.dir / "md.png")
         return summary

@@ -5,11 +5,18 @@ Sampling is the server's (seeded by `seed` and the round), so the same config gi
 same clients every run; the inner Flower strategy is shown only the sampled nodes through
 `SampledGrid`. Node ids are random per run, so a handshake (one query message per node)
 first maps partition ids to node ids.
+
+Every reply goes through `strategies.validation.ReplyValidator` (the outermost strategy);
+sampled clients that did not answer within `backend.round_timeout` get a `missing` row.
+After each `checkpoint_every` rounds the state to continue is written atomically
+(`fedguard/checkpoint.py`); with `resume` the run continues from it, each client getting its
+last reported `Context.state` back with its train message.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -21,12 +28,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
+from fedguard import checkpoint
 from fedguard.app_config import config_from_context
+from fedguard.client_app import RESUME_KEY, STATE_INFO_KEY
+from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
+from fedguard.attacks.backdoor import round_asr
 from fedguard.attacks.client import malicious_set, round_phase
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
 from fedguard.recorder import Recorder
+from fedguard.sampling import sample_partitions  # noqa: F401 (re-exported)
 from fedguard.training import evaluate
 from strategies import RoundNotes, build_strategy
 
@@ -45,15 +57,6 @@ class SampledGrid:
 
     def __getattr__(self, name):  # everything else goes to the real grid
         return getattr(self._grid, name)
-
-
-def sample_partitions(num_clients: int, fraction: float, seed: int, server_round: int) -> list[int]:
-    """The partition ids trained in `server_round` (seeded; sorted)."""
-    k = max(1, int(round(fraction * num_clients)))
-    if k >= num_clients:
-        return list(range(num_clients))
-    rng = np.random.default_rng([seed, server_round])
-    return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
 
 
 def handshake(grid: Grid, timeout: float) -> dict[int, int]:
@@ -90,16 +93,69 @@ def client_rows(replies: list[Message], partition_of: dict[int, int], notes: Rou
     return sorted(rows, key=lambda r: (r["partition_id"] is None, r["partition_id"]))
 
 
+def with_client_states(messages: list[Message], partition_of: dict[int, int],
+                       states: dict[int, str]) -> list[Message]:
+    """Resumed run: each train message also carries its node's saved `Context.state`
+    (ConfigRecord key "resume-state"); the ClientApp applies it once, to a fresh node."""
+    for msg in messages:
+        saved = states.get(partition_of.get(msg.metadata.dst_node_id))
+        if not saved:
+            continue
+        content = RecordDict(dict(msg.content.items()))  # messages share one RecordDict
+        keys = list(msg.content.config_records.keys()) or ["config"]
+        for key in keys:
+            base = dict(msg.content.config_records[key]) if key in msg.content.config_records else {}
+            content[key] = ConfigRecord({**base, RESUME_KEY: saved})
+        msg.content = content
+    return messages
+
+
+def reported_state(msg: Message) -> str | None:
+    """The JSON `Context.state` a reply echoes in ConfigRecord "info" (None if absent/invalid)."""
+    if msg.has_error() or not msg.has_content():
+        return None
+    info = msg.content.config_records.get("info")
+    value = info.get(STATE_INFO_KEY) if info is not None else None
+    if not isinstance(value, str) or len(value) > 1 << 16:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    ok = isinstance(parsed, dict) and all(isinstance(v, dict) for v in parsed.values())
+    return value if ok else None
+
+
+def check_resume_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run must have the config of the run it continues (bar RESUME_FREE_KEYS)."""
+    saved = flatten(resume_config(run_dir))
+    now = flatten(cfg)
+    diff = sorted(k for k in set(saved) | set(now)
+                  if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
+    if diff:
+        raise RuntimeError(f"resume={run_dir}: config differs from the saved config.yaml in "
+                           + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in diff[:10]))
+
+
 def serve(grid: Grid, cfg: DictConfig) -> dict:
-    """Run `cfg.rounds` rounds on `grid`; returns the summary."""
+    """Run `cfg.rounds` rounds on `grid` (continuing from a checkpoint with `resume`);
+    returns the summary."""
     torch.manual_seed(cfg.seed)
     data = splits_from_config(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
     arrays = model_to_arrays(model)
 
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
-    recorder = Recorder(run_dir, cfg, malicious=malicious_set(cfg))  # ground truth: recorder only
+    ckpt, resume_round = None, None
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        check_resume_config(cfg, run_dir)
+        ckpt = checkpoint.load(run_dir)
+        resume_round = int(ckpt["round"]) if ckpt else 0
+    else:
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
+    # ground truth (malicious ids, injected faults): recorder only
+    recorder = Recorder(run_dir, cfg, malicious=malicious_set(cfg), resume_round=resume_round)
     node_of = handshake(grid, cfg.backend.round_timeout)
     if sorted(node_of) != list(range(cfg.num_clients)):
         raise RuntimeError(
@@ -114,17 +170,32 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     def test_accuracy(arr: ArrayRecord) -> tuple[float, float]:
         return evaluate(arrays_to_model(model, arr).to(device), data.test.x, data.test.y, device)
 
-    initial_acc, _ = test_accuracy(arrays)
+    client_states: dict[int, str] = {}  # partition id -> its last reported Context.state (JSON)
+    first_round = 1
+    if ckpt is not None:
+        arrays = checkpoint.arrays_from_state(ckpt["arrays"])
+        strategy.load_state_dict(ckpt["strategy"])
+        recorder.load_state_dict(ckpt["recorder"])
+        client_states = {int(p): str(v) for p, v in ckpt["clients"].items()}
+        first_round = int(ckpt["round"]) + 1
+        checkpoint.set_rng_state(ckpt["rng"])  # last: nothing may draw between here and the loop
+    initial_acc = test_accuracy(arrays)[0] if first_round == 1 else None
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
-        for rnd in range(1, cfg.rounds + 1):
+        for rnd in range(first_round, cfg.rounds + 1):
             notes.reset()
             t0 = time.perf_counter()
             sampled = sample_partitions(cfg.num_clients, cfg.fraction_train, cfg.seed, rnd)
             view = SampledGrid(grid, [node_of[p] for p in sampled])
-            messages = strategy.configure_train(rnd, arrays, ConfigRecord({"lr": cfg.lr}), view)
+            messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"lr": cfg.lr}), view))
+            if resume_round is not None:
+                messages = with_client_states(messages, partition_of, client_states)
             replies = list(grid.send_and_receive(messages, timeout=cfg.backend.round_timeout))
             # order-independent aggregation: replies sorted by partition id
             replies.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
+            for msg in replies:
+                state = reported_state(msg)
+                if state is not None and msg.metadata.src_node_id in partition_of:
+                    client_states[partition_of[msg.metadata.src_node_id]] = state
             t1 = time.perf_counter()
             new_arrays, _ = strategy.aggregate_train(rnd, replies)
             t2 = time.perf_counter()
@@ -142,10 +213,23 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
                    "round_s": t3 - t0, "train_s": t1 - t0, "defense_s": defense_s,
                    "aggregate_s": t2 - t1 - defense_s, "evaluate_s": t3 - t2}
             row.update(notes.round)
+            row.update(round_asr(cfg, arrays_to_model(model, arrays).to(device), data.test, device))  # backdoor: asr
             if rnd == 1:
                 row["initial_accuracy"] = initial_acc
-            recorder.record_round(row, client_rows(replies, partition_of, notes))
+            replied = {partition_of.get(m.metadata.src_node_id) for m in replies}
+            missing = [{"partition_id": p, "node_id": node_of[p], "missing": True,
+                        "rejected": f"timeout: no reply within backend.round_timeout={cfg.backend.round_timeout}s"}
+                       for p in sampled if p not in replied]
+            rows = sorted(client_rows(replies, partition_of, notes) + missing,
+                          key=lambda r: (r["partition_id"] is None, r["partition_id"]))
+            recorder.record_round(row, rows)
+            if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds):
+                checkpoint.save(run_dir, {
+                    "round": rnd, "arrays": checkpoint.arrays_state(arrays), "strategy": strategy.state_dict(),
+                    "clients": dict(client_states), "rng": checkpoint.rng_state(),
+                    "recorder": recorder.state_dict(), "config": flatten(cfg)})
             progress.advance(rnd, acc)
+    torch.save(flat_from_arrays(arrays), run_dir / checkpoint.FINAL_MODEL)
     return recorder.finish()
 
 

@@ -3,5 +3,6 @@
 from strategies.base import RoundNotes, StrategyWrapper
 from strategies.clipping import NormClipping, clip_factors
 from strategies.factory import build_strategy
+from strategies.validation import ReplyValidator
 
-__all__ = ["NormClipping", "RoundNotes", "StrategyWrapper", "build_strategy", "clip_factors"]
+__all__ = ["NormClipping", "ReplyValidator", "RoundNotes", "StrategyWrapper", "build_strategy", "clip_factors"]

@@ -71,3 +71,13 @@ class StrategyWrapper(Strategy):
 
     def summary(self) -> None:
         self.inner.summary()
+
+    # checkpoint/resume: a subclass with state of its own extends both (plain tensors,
+    # lists and numbers only: checkpoints load with torch.load(weights_only=True))
+    def state_dict(self) -> dict[str, Any]:
+        inner = self.inner.state_dict() if isinstance(self.inner, StrategyWrapper) else None
+        return {"inner": inner}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.inner, StrategyWrapper) and state.get("inner") is not None:
+            self.inner.load_state_dict(state["inner"])

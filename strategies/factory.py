@@ -13,6 +13,8 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Kr
 from strategies.base import RoundNotes
 from strategies.clipping import NormClipping
 from strategies.mddsc import MDDSC
+from strategies.omniscient import OMNISCIENT, omniscient_from_config
+from strategies.validation import ReplyValidator
 
 _COMMON = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1,
                min_evaluate_nodes=0, min_available_nodes=1)
@@ -44,7 +46,17 @@ def build_aggregator(name: str, cfg, sampled: int) -> Strategy:
 
 def build_strategy(cfg, sampled: int, notes: RoundNotes | None = None, model=None, data=None,
                    device=None) -> Strategy:
-    """The full server strategy: wrappers (outermost first) around an inner aggregator.
+    """The full server strategy: reply validation (always outermost) around the defense."""
+    defense = build_defense(cfg, sampled, notes, model=model, data=data, device=device)
+    if cfg.attack.name in OMNISCIENT:  # the attacker's server-side part, before the defense
+        defense = omniscient_from_config(cfg, defense, notes, model)
+    return ReplyValidator(defense, notes, max_examples=int(cfg.local_steps) * int(cfg.batch_size),
+                          weighting=cfg.get("weighting", "num_examples"), min_replies=cfg.get("min_replies", 1))
+
+
+def build_defense(cfg, sampled: int, notes: RoundNotes | None = None, model=None, data=None,
+                  device=None) -> Strategy:
+    """The defense: wrappers (outermost first) around an inner aggregator.
 
     `model` (a template of the run's architecture) and `data` (its DataSplits, for the
     server's validation stream) are needed by `mddsc` only.

@@ -34,7 +34,7 @@ from fedguard.defense.history import ModelHistory
 from fedguard.defense.md import batched_md, unflatten_state
 from fedguard.defense.thresholds import MAD_TO_SIGMA, schedule_threshold
 from fedguard.models import arrays_from_flat, flat_from_arrays
-from fedguard.streams import IndexStream
+from fedguard.streams import IndexStream, StreamCursor
 from strategies.base import RoundNotes, StrategyWrapper
 
 VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
@@ -45,7 +45,7 @@ class MDDSC(StrategyWrapper):
                  seed: int = 0, val_batch: int = 256, history_size: int = 10, history_stride: int = 1,
                  history_dtype: str = "float32", reference: str = "lag", lag: int = 5,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 3.0,
-                 min_log_spread: float = 0.5,
+                 min_log_spread: float = 0.1,
                  window: int = 5, correction: str = "scale", pgd_eps: float = 0.5, pgd_steps: int = 10,
                  pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
         super().__init__(inner, notes)
@@ -61,6 +61,21 @@ class MDDSC(StrategyWrapper):
         self.accepted: deque[tuple[float, list[float]]] = deque(maxlen=window)  # (round median, accepted)
         self.correction = correction
         self.pgd_eps, self.pgd_steps, self.pgd_lr = pgd_eps, pgd_steps, pgd_lr
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        """History of global models, recently accepted scores, validation-stream cursor."""
+        cur = self.val_stream.cursor
+        return {**super().state_dict(), "history": self.history.state_dict(),
+                "accepted": [[float(med), [float(s) for s in acc]] for med, acc in self.accepted],
+                "val_cursor": [int(cur.epoch), int(cur.position)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.history.load_state_dict(state["history"])
+        self.accepted.clear()
+        self.accepted.extend((float(med), [float(s) for s in acc]) for med, acc in state["accepted"])
+        self.val_stream.cursor = StreamCursor(*(int(v) for v in state["val_cursor"]))
 
     # ------------------------------------------------------------------ scoring
     def _val_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

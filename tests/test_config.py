@@ -29,6 +29,15 @@ def test_dataset_brings_its_natural_model_unless_overridden(mnist_root):
     (["backend.client_resources.num_gpus=-1"], "backend.client_resources.num_gpus", "-1"),
     (["backend.init_args.address=auto", "backend.init_args.num_cpus=2"], "backend.init_args.num_cpus", "2"),
     (["partitioner.alpha=0"], "partitioner.alpha", "0"),
+    (["faults.kind=explode"], "faults.kind", "explode"),
+    (["faults.rate=1.5"], "faults.rate", "1.5"),
+    (["faults.rate=-0.1"], "faults.rate", "-0.1"),
+    (["weighting=median"], "weighting", "median"),
+    (["min_replies=0"], "min_replies", "0"),
+    (["num_clients=4", "min_replies=5"], "min_replies", "5"),
+    (["checkpoint_every=-1"], "checkpoint_every", "-1"),
+    (["backend.round_timeout=0"], "backend.round_timeout", "0"),
+    (["resume=/nonexistent/run"], "resume", "/nonexistent/run"),
 ])
 def test_invalid_values_name_key_value_and_allowed(overrides, key, value):
     with pytest.raises(ConfigError) as err:

@@ -32,6 +32,12 @@ global model trained on this round's stream batches).
   BatchNorm statistics keep the honest values, which a negated or scaled running variance
   would make invalid).
 - gaussian: global + N(0, noise_std^2) on every parameter.
+- backdoor: trains on its stream batches with a seeded `poison_fraction` of each batch
+  stamped with the trigger (`attacks.backdoor`: BadNets patch or blend) and relabelled
+  `target_label`; with `boost` != 1 (model replacement, Bagdasaryan et al. 2020) it replies
+  global + boost * (trained - global) on parameters (BatchNorm statistics: the trained ones).
+- alie, ipm: train honestly; the server-side `strategies.omniscient.OmniscientAttack`
+  (the attacker's part that sees every honest update, simulation only) overwrites the reply.
 
 The reply keeps the honest format and metrics keys (Flower needs identical MetricRecord keys
 across replies): `train_loss` is the loss of what the client trained on (its honest copy for
@@ -48,6 +54,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from torch import Tensor, nn
 
+from fedguard.attacks.backdoor import poison_batch, trigger_from_config
 from fedguard.attacks.objectives import (
     accumulation_direction,
     model_params,
@@ -64,7 +71,8 @@ from fedguard.models import arrays_from_flat, exchanged_state, flat_from_arrays,
 from fedguard.streams import IndexStream, load_cursor, save_cursor
 from fedguard.training import sgd_steps
 
-_VAL_SALT, _TRIGGER_SALT, _NOISE_SALT = 1, 2, 3
+_VAL_SALT, _TRIGGER_SALT, _NOISE_SALT, _POISON_SALT = 1, 2, 3, 4
+OMNISCIENT_ATTACKS = ("alie", "ipm")  # crafted server-side (strategies/omniscient.py)
 
 
 # ------------------------------------------------------------------------ schedule, identity
@@ -161,7 +169,7 @@ def _flat(model: nn.Module) -> Tensor:
     return flat_from_arrays(model_to_arrays(model))
 
 
-def _param_mask(model: nn.Module) -> Tensor:
+def param_mask(model: nn.Module) -> Tensor:
     """True at the parameter entries of the exchanged flat vector (False at buffers)."""
     names = {k for k, _ in model.named_parameters()}
     return torch.cat([torch.full((v.numel(),), k in names, dtype=torch.bool)
@@ -190,7 +198,7 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
 
     if not attacking:
         return done(honest_update, trained=honest)
-    mask = _param_mask(model)
+    mask = param_mask(model)
     if a.name == "label_flip":
         flipped = [(x, num_classes - 1 - y) for x, y in data.batches]
         trained, loss = _train_copy(model, flipped, cfg, device)
@@ -203,6 +211,18 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
         gen = torch.Generator().manual_seed(shared_seed(cfg.seed, server_round, _NOISE_SALT * 100003 + partition_id))
         noise = torch.randn(global_flat.numel(), generator=gen) * a.noise_std
         return done(torch.where(mask, noise, torch.zeros_like(noise)))
+    if a.name == "backdoor":
+        gen = torch.Generator().manual_seed(shared_seed(cfg.seed, server_round, _POISON_SALT * 100003 + partition_id))
+        trigger = trigger_from_config(cfg)
+        poisoned = [poison_batch(x, y, trigger, int(a.target_label), float(a.poison_fraction), gen)[:2]
+                    for x, y in data.batches]
+        trained, loss = _train_copy(model, poisoned, cfg, device)
+        update = _flat(trained) - global_flat
+        if a.boost == 1.0:
+            return done(update, loss, trained)
+        return done(torch.where(mask, a.boost * update, update), loss)
+    if a.name in OMNISCIENT_ATTACKS:  # honest here; the server-side wrapper overwrites the reply
+        return done(honest_update, trained=honest)
     if a.name == "accumulative":
         return _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done)
     raise ValueError(f"unknown attack {a.name!r}")

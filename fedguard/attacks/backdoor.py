@@ -1,0 +1,136 @@
+"""Backdoor triggers (BadNets patch, blend), batch poisoning and the attack success rate.
+
+Pure functions on tensors, reusable for client-side backdoors (`attack=backdoor`) and for
+poisons injected into streams. Inputs are either images (N, C, H, W) with pixels in [0, 1]
+or feature vectors (N, F):
+
+- patch (BadNets, Gu et al. 2017): a `size` x `size` square of value `value` (white = 1) in
+  the bottom-right corner of every channel; on vectors, the last `size` features set to
+  `value`.
+- blend (Chen et al. 2017): `(1 - alpha) * x + alpha * pattern` with a fixed random pattern
+  (uniform in [0, 1], shaped like one sample) drawn from a seed, identical for every caller
+  with the same seed.
+
+`poison_batch` stamps and relabels a seeded `fraction` of a batch; `attack_success_rate` is
+the fraction of triggered non-target test samples the model classifies as the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+TRIGGER_TYPES = ("patch", "blend")
+_PATTERN_SALT = 0x626C656E64  # "blend"
+
+
+def patch_trigger(x: Tensor, size: int = 3, value: float = 1.0) -> Tensor:
+    """A copy of `x` with the BadNets patch: bottom-right `size`x`size` square (images, every
+    channel) or the last `size` features (vectors) set to `value`."""
+    if size < 1:
+        raise ValueError(f"patch size must be >= 1, got {size}")
+    out = x.clone()
+    if out.dim() == 4:
+        out[..., -size:, -size:] = value
+    elif out.dim() == 2:
+        out[:, -size:] = value
+    else:
+        raise ValueError(f"expected (N, C, H, W) images or (N, F) vectors, got shape {tuple(x.shape)}")
+    return out
+
+
+def blend_pattern(sample_shape: tuple[int, ...], seed: int) -> Tensor:
+    """The fixed blend pattern for `seed`: uniform [0, 1], shaped like one sample."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _PATTERN_SALT]))
+    return torch.from_numpy(rng.random(tuple(sample_shape), dtype=np.float32))
+
+
+def blend_trigger(x: Tensor, pattern: Tensor, alpha: float = 0.2) -> Tensor:
+    """`(1 - alpha) * x + alpha * pattern` (pattern broadcast over the batch)."""
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"blend alpha must be in (0, 1], got {alpha}")
+    if tuple(pattern.shape) != tuple(x.shape[1:]):
+        raise ValueError(f"pattern shape {tuple(pattern.shape)} != sample shape {tuple(x.shape[1:])}")
+    return (1.0 - alpha) * x + alpha * pattern.to(x.device, x.dtype)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger with its parameters fixed; `trigger(x)` stamps a batch."""
+    kind: str = "patch"  # patch | blend
+    patch_size: int = 3
+    value: float = 1.0  # patch value (white)
+    alpha: float = 0.2  # blend weight of the pattern
+    seed: int = 0  # blend pattern seed
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRIGGER_TYPES:
+            raise ValueError(f"trigger kind {self.kind!r}; allowed: {', '.join(TRIGGER_TYPES)}")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.kind == "patch":
+            return patch_trigger(x, self.patch_size, self.value)
+        return blend_trigger(x, blend_pattern(tuple(x.shape[1:]), self.seed), self.alpha)
+
+
+def trigger_from_config(cfg) -> Trigger:
+    """The trigger of `cfg.attack` (the blend pattern is seeded by the run seed)."""
+    a = cfg.attack
+    return Trigger(kind=a.trigger_type, patch_size=int(a.patch_size), alpha=float(a.blend_alpha), seed=int(cfg.seed))
+
+
+def poison_count(n: int, fraction: float) -> int:
+    """How many of `n` samples a poison `fraction` stamps: round(fraction * n), at least 1 if fraction > 0."""
+    if fraction <= 0 or n == 0:
+        return 0
+    return min(n, max(1, int(round(fraction * n))))
+
+
+def poison_batch(x: Tensor, y: Tensor, trigger, target: int, fraction: float,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(x', y', mask): a random `poison_count(len(y), fraction)` of the samples (chosen with
+    `generator`) stamped with `trigger` and relabelled `target`; `mask` marks them."""
+    n = len(y)
+    k = poison_count(n, fraction)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[:k]] = True
+    mask = mask.to(y.device)
+    x_out, y_out = x.clone(), y.clone()
+    if k:
+        x_out[mask] = trigger(x[mask])
+        y_out[mask] = target
+    return x_out, y_out, mask
+
+
+@torch.no_grad()
+def attack_success_rate(model: nn.Module, x, y, target: int, trigger, device: torch.device | None = None,
+                        batch_size: int = 1024) -> float | None:
+    """Fraction of the samples with label != `target`, stamped with `trigger`, that `model`
+    (in eval mode) classifies as `target`; None when every sample has the target label."""
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    keep = y != target
+    x = x[keep]
+    if len(x) == 0:
+        return None
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for start in range(0, len(x), batch_size):
+        xb = trigger(x[start:start + batch_size]).to(device)
+        hits += int((model(xb).argmax(1) == target).sum().item())
+    model.train(was_training)
+    return hits / len(x)
+
+
+def round_asr(cfg, model: nn.Module, test, device: torch.device | None = None) -> dict[str, float | None]:
+    """`{"asr": ...}` of the global `model` on the triggered test split for a backdoor run
+    (the rounds.jsonl field), `{}` for any other attack."""
+    if cfg.attack.name != "backdoor":
+        return {}
+    return {"asr": attack_success_rate(model, test.x, test.y, int(cfg.attack.target_label),
+                                       trigger_from_config(cfg), device)}

@@ -1,0 +1,15 @@
+"""Which clients train in a round: seeded by `seed` and the round, so the server, the
+ClientApps (for injected faults) and the recorder all derive the same set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_partitions(num_clients: int, fraction: float, seed: int, server_round: int) -> list[int]:
+    """The partition ids trained in `server_round` (seeded; sorted)."""
+    k = max(1, int(round(fraction * num_clients)))
+    if k >= num_clients:
+        return list(range(num_clients))
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
