@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=5)
     ap.add_argument("--rate", type=float, default=0.2)
-    ap.add_argument("--timeout", type=float, default=20.0, help="backend.round_timeout (seconds)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="backend.round_timeout (seconds)")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)

@@ -35,7 +35,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-ATTACK_PHASES = ("accumulate", "trigger")
+ATTACK_PHASES = ("accumulate", "trigger", "attack")  # rounds in which malicious clients attack
 
 
 def detection_rates(counts: Counter) -> dict[str, float | None]:
@@ -121,8 +121,11 @@ class Recorder:
             after = by_round.get(trigger)
             drop = None if before is None or after is None else before - after
 
+        # steady-state timing: round 1 carries Ray actor start-up and is reported apart
+        steady = self.rounds[1:] if len(self.rounds) > 1 else self.rounds
+
         def mean(key: str) -> float | None:
-            vals = [r[key] for r in self.rounds if r.get(key) is not None]
+            vals = [r[key] for r in steady if r.get(key) is not None]
             return float(np.mean(vals)) if vals else None
 
         return _clean({
@@ -137,6 +140,7 @@ class Recorder:
             "timing": {
                 "total_s": self.elapsed_before + time.perf_counter() - self.started,
                 "round_s_mean": mean("round_s"),
+                "first_round_s": self.rounds[0].get("round_s") if self.rounds else None,
                 "train_s": mean("train_s"),
                 "defense_s": mean("defense_s"),
                 "aggregate_s": mean("aggregate_s"),

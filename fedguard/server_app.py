@@ -43,6 +43,7 @@ from fedguard.training import evaluate
 from strategies import RoundNotes, build_strategy
 
 app = ServerApp()
+STARTUP_TIMEOUT_S = 300.0  # the handshake's timeout floor (a short round_timeout must not fail start-up)
 
 
 class SampledGrid:
@@ -156,7 +157,8 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
         run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
     # ground truth (malicious ids, injected faults): recorder only
     recorder = Recorder(run_dir, cfg, malicious=malicious_set(cfg), resume_round=resume_round)
-    node_of = handshake(grid, cfg.backend.round_timeout)
+    # the handshake waits for the Ray actors to start: never shorter than STARTUP_TIMEOUT_S
+    node_of = handshake(grid, max(cfg.backend.round_timeout, STARTUP_TIMEOUT_S))
     if sorted(node_of) != list(range(cfg.num_clients)):
         raise RuntimeError(
             f"num_clients={cfg.num_clients} but the federation has {len(node_of)} SuperNodes "

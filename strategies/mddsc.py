@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from fedguard.defense.correction import scale_correction
+from fedguard.defense.correction import batched_scale_correction, scale_correction
 from fedguard.defense.history import ModelHistory
 from fedguard.defense.md import batched_md, unflatten_state
 from fedguard.defense.thresholds import MAD_TO_SIGMA, schedule_threshold
@@ -153,34 +153,44 @@ class MDDSC(StrategyWrapper):
         self.notes.round["history_bytes"] = self.history.nbytes
         return arrays, metrics
 
+    def _correct(self, base: torch.Tensor, updates: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 tau: float) -> list[tuple[torch.Tensor | None, str]]:
+        """(corrected update or None for dropped, what was done) for each flagged update."""
+        if self.correction == "drop":
+            return [(None, "drop")] * len(updates)
+        if self.correction == "pgd":
+            out = []
+            for update in updates:
+                new_update, steps = self._pgd(base, update, x, y, tau)
+                if steps < 0:  # PGD did not get under the threshold: scale what it found
+                    new_update = new_update * self._scale(base, new_update, x, tau)
+                out.append((new_update, f"pgd:{steps}"))
+            return out
+        # scale: one bisection for all flagged updates, one batched MD call per step
+        alphas = batched_scale_correction(
+            lambda a: self.scores(base + a.to(self.device)[:, None] * updates, x).cpu(), tau, len(updates))
+        return [(float(a) * u, f"scale:{float(a):.4f}") for a, u in zip(alphas, updates)]
+
     def _defend(self, server_round: int, base: torch.Tensor, replies: list[Message]) -> list[Message]:
         x, y = self._val_batch()
         keys = [next(iter(m.content.array_records)) for m in replies]
         stacked = torch.stack([flat_from_arrays(m.content[k]) for m, k in zip(replies, keys)]).to(self.device)
         scores = self.scores(stacked, x).cpu().numpy()
         tau = self.threshold(server_round, scores)
-        kept, accepted = [], []
-        for msg, key, cand, score in zip(replies, keys, stacked, scores):
-            update = cand - base
-            note = {"md": float(score), "threshold": float(tau), "flagged": bool(score > tau),
-                    "update_norm": float(update.norm()), "correction": None}
-            if score <= tau:
-                accepted.append(float(score))
-                kept.append(msg)
-            elif self.correction == "drop":
-                note["correction"] = "drop"
-            else:
-                if self.correction == "pgd":
-                    new_update, steps = self._pgd(base, update, x, y, tau)
-                    if steps < 0:  # PGD did not get under the threshold: scale what it found
-                        new_update = new_update * self._scale(base, new_update, x, tau)
-                    note["correction"] = f"pgd:{steps}"
-                else:
-                    alpha = self._scale(base, update, x, tau)
-                    new_update = alpha * update
-                    note["correction"] = f"scale:{alpha:.4f}"
+        updates = stacked - base
+        flagged = [i for i, score in enumerate(scores) if score > tau]
+        corrections = dict(zip(flagged, self._correct(base, updates[flagged], x, y, tau) if flagged else []))
+        kept = []
+        for i, (msg, key) in enumerate(zip(replies, keys)):
+            new_update, action = corrections.get(i, (updates[i], None))
+            self.notes.clients[msg.metadata.src_node_id].update(
+                md=float(scores[i]), threshold=float(tau), flagged=i in corrections,
+                update_norm=float(updates[i].norm()), correction=action)
+            if new_update is None:  # dropped
+                continue
+            if action is not None:
                 msg.content[key] = arrays_from_flat((base + new_update).cpu(), self.global_arrays)
-                kept.append(msg)
-            self.notes.clients[msg.metadata.src_node_id].update(note)
-        self.accepted.append((float(np.median(scores)), accepted))
+            kept.append(msg)
+        self.accepted.append((float(np.median(scores)), [float(scores[i]) for i in range(len(scores))
+                                                          if i not in corrections]))
         return kept

@@ -187,3 +187,8 @@ def test_accuracy_before_trigger(tmp_path, trigger, before):
     summary = rec.summary()
     assert summary["accuracy_before_trigger"] == before
     assert summary["trigger_drop"] == pytest.approx(before - {1: 0.5, 3: 0.3}[trigger])
+
+
+def test_attacks_without_trigger_record_attack_rounds_not_a_trigger():
+    cfg = compose(["attack=sign_flip", "num_malicious=1", "num_clients=4", "rounds=3"])
+    assert [round_phase(cfg, r) for r in (1, 2, 3)] == ["attack", "attack", "attack"]

@@ -123,3 +123,19 @@ def test_robust_threshold_rule_and_edges():
     equal = robust_threshold([0.2] * 6, [], k=3.0, rel_floor=0.01)  # MAD = 0: relative floor
     assert equal == pytest.approx(0.2 + 3 * 0.002)
     assert robust_threshold([1.0, 2.0, 3.0, np.nan, np.inf, 4.0, 5.0], []) == pytest.approx(3 + 3 * 1.4826)
+
+
+def test_batched_scale_correction_matches_scalar_bisection():
+    import torch
+
+    from fedguard.defense.correction import batched_scale_correction, scale_correction
+
+    # md(alpha) = c * alpha^2 + m0 per update (the small-update shape of KL), some infeasible at 0
+    c = torch.tensor([0.5, 4.0, 100.0, 1.0])
+    m0 = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    tau = 1.0
+    batched = batched_scale_correction(lambda a: c * a**2 + m0, tau, 4)
+    scalar = [scale_correction(lambda a, i=i: float(c[i] * a**2 + m0[i]), tau) for i in range(4)]
+    assert torch.allclose(batched, torch.tensor(scalar), atol=1e-6)
+    assert batched[0] == 1.0 and batched[3] == 0.0
+    assert abs(float(batched[1]) - 0.5) < 1e-5 and abs(float(batched[2]) - 0.1) < 1e-5

@@ -94,9 +94,16 @@ def malicious_set(cfg) -> set[int]:
 
 
 def round_phase(cfg, server_round: int) -> str:
-    """The phase of `server_round` for the records: "clean" without an attack, else the plan's."""
+    """The phase of `server_round` for the records: "clean" without an attack; the plan's
+    burn_in/accumulate/trigger/after for the accumulative attack; for the other attacks, which
+    have no trigger, "attack" in the rounds they attack (so no trigger drop is reported)."""
     plan = attack_plan(cfg)
-    return "clean" if plan is None else plan.phase(server_round)
+    if plan is None:
+        return "clean"
+    phase = plan.phase(server_round)
+    if cfg.attack.name == "accumulative" or phase == "burn_in":
+        return phase
+    return "attack" if plan.attacking(server_round) else "after"
 
 
 def server_round_of(msg: Message) -> int:
