@@ -32,7 +32,8 @@ from fedguard.faults import corrupt, fail_before_training, fault_for
 from fedguard.models import arrays_to_model, build_model, model_to_arrays
 from fedguard.runtime import assigned_device, ray_node_id, set_threads
 from fedguard.streams import IndexStream, load_cursor, save_cursor
-from fedguard.training import sgd_steps
+from fedguard.sanitizers import build_sanitizer, train_sanitized, zero_metrics
+from fedguard.stream_poison import poison_stream_batch
 
 app = ClientApp()
 
@@ -43,16 +44,24 @@ def _model(name: str, shape: tuple, classes: int, hidden: int) -> torch.nn.Modul
 
 
 def stream_batches(cfg, context: Context, partition_id: int):
-    """Next `local_steps` batches of this client's stream; advances the cursor in state."""
+    """Next `local_steps` batches of this client's stream; advances the cursor in state.
+
+    Returns (batches, partition size, poisoned masks): an outsider's `stream_poison` is applied
+    as the samples are drawn (`fedguard/stream_poison.py`); the masks are ground truth, only
+    counted for the recorder."""
     data = splits_from_config(cfg)
     indices = partition_from_config(cfg, data.pool.y, partition_id)
     stream = IndexStream(indices, cfg.seed, partition_id, load_cursor(context))
-    batches = []
+    batches, poisoned = [], []
     for _ in range(cfg.local_steps):
         idx = stream.next_batch(cfg.batch_size)
-        batches.append((torch.from_numpy(data.pool.x[idx]), torch.from_numpy(data.pool.y[idx])))
+        x, y, mask = poison_stream_batch(cfg, partition_id, idx, torch.from_numpy(data.pool.x[idx]),
+                                         torch.from_numpy(data.pool.y[idx]), partition=indices,
+                                         num_classes=data.num_classes)
+        batches.append((x, y))
+        poisoned.append(mask)
     save_cursor(context, stream.cursor)
-    return batches, len(indices)
+    return batches, len(indices), poisoned
 
 
 RESUME_KEY = "resume-state"  # train ConfigRecord key: the node's state saved by a resumed server
@@ -93,19 +102,22 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
     arrays_to_model(model, msg.content["arrays"]).to(device)
 
+    sanitizer_metrics = zero_metrics()  # every reply carries these keys (fedguard/sanitizers)
     if partition_id in malicious_set(cfg):  # attack branch (fedguard/attacks/client.py)
         arrays, loss, num_examples = malicious_train(cfg, msg, context, model, partition_id, device)
         model.cpu()
-    else:
-        batches, _ = stream_batches(cfg, context, partition_id)
-        loss = sgd_steps(model, batches, cfg.lr, cfg.momentum, device)
-        arrays, num_examples = model_to_arrays(model.cpu()), sum(len(y) for _, y in batches)
+    else:  # honest: its (possibly stream-poisoned) batches, through its sanitiser
+        batches, _, poisoned = stream_batches(cfg, context, partition_id)
+        loss, num_examples, sanitizer_metrics = train_sanitized(
+            build_sanitizer(cfg), model, batches, poisoned, context, server_round, cfg.lr, cfg.momentum, device)
+        arrays = model_to_arrays(model.cpu())
 
     metrics = MetricRecord({
         "num-examples": num_examples,
         "train_loss": loss,
         "partition-id": partition_id,
         "train_s": time.perf_counter() - start,
+        **sanitizer_metrics,  # stream-poisoned, sanitizer-flagged-poisoned: ground truth, recorder only
     })
     info = ConfigRecord({"ray-node": ray_node_id(), "device": str(device), STATE_INFO_KEY: state_json(context)})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "info": info})

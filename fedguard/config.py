@@ -167,6 +167,37 @@ class AttackConfig:
     ipm_eps: float = 0.5  # ipm: reply global - ipm_eps * mean honest update
 
 
+STREAM_POISONS = ("none", "badnets", "blend", "label_flip")
+SANITIZERS = ("none", "dsc")  # epic, ispl, confusion: to come (fedguard/sanitizers/__init__.py)
+
+
+@dataclass
+class StreamPoisonConfig:
+    """An outsider's poisons in the HONEST clients' streams (`fedguard/stream_poison.py`): a
+    seeded `rate` of each honest partition's samples is poisoned, the same samples whenever
+    they are drawn. badnets/blend stamp the trigger and relabel to `target_label`;
+    label_flip relabels y -> 9 - y (y -> (y + 1) % C for C != 10 classes)."""
+    name: str = "none"  # none | badnets | blend | label_flip
+    rate: float = 0.05  # fraction of each honest client's stream samples that are poisoned
+    target_label: int = 0  # badnets / blend
+    patch_size: int = 3  # badnets: patch side in pixels (vectors: the last patch_size features)
+    blend_alpha: float = 0.2  # blend: x <- (1 - alpha) x + alpha pattern (pattern seeded by `seed`)
+
+
+@dataclass
+class SanitizerConfig:
+    """What honest clients run on their stream batches (`fedguard/sanitizers/`).
+    dsc: the paper's sample-level discrepancy-aware correction (Zhu et al., ICML 2023)."""
+    name: str = "none"  # none | dsc
+    eps: float = 0.2  # dsc: L-inf radius around the original batch
+    step: float = 0.02  # dsc: signed-gradient step size
+    steps: int = 10  # dsc: at most this many steps per batch
+    tau0: float = 0.5  # dsc: threshold tau0 + slope * t (t = the client's online step count)
+    slope: float = 0.02
+    history_lag: int = 1  # dsc: historical model = global model the client saw this many participations ago (0 = this round's)
+    drop_above: float | None = None  # dsc: after correction, drop samples whose own MD is above this
+
+
 FAULT_KINDS = ("none", "crash", "hang", "nan", "wrong_shape", "oversize", "inflate_examples", "garbage")
 WEIGHTINGS = ("num_examples", "uniform")
 
@@ -190,6 +221,8 @@ class FedGuardConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    stream_poison: StreamPoisonConfig = field(default_factory=StreamPoisonConfig)
+    sanitizer: SanitizerConfig = field(default_factory=SanitizerConfig)
     num_clients: int = 10
     num_malicious: int = 0
     fraction_train: float = 1.0
@@ -309,6 +342,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.checkpoint_every < 0:
         _fail("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = no checkpoints)")
     _validate_attack(cfg)
+    _validate_stream_poison_and_sanitizer(cfg)
     _validate_data_files(cfg)
 
 
@@ -370,6 +404,36 @@ def _validate_backdoor_and_omniscient(cfg: DictConfig) -> None:
         _fail("attack.alie_z", a.alie_z, "a value >= 0, or null for Baruch et al.'s z from n and f")
     if a.ipm_eps <= 0:
         _fail("attack.ipm_eps", a.ipm_eps, "a positive factor")
+
+
+def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
+    sp, san = cfg.stream_poison, cfg.sanitizer
+    if sp.name not in STREAM_POISONS:
+        _fail("stream_poison", sp.name, ", ".join(STREAM_POISONS))
+    if not 0.0 <= sp.rate <= 1.0:
+        _fail("stream_poison.rate", sp.rate, "a fraction of the honest clients' stream samples in [0, 1]")
+    classes = cfg.dataset.num_classes if cfg.dataset.name == "synthetic" else KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    if sp.target_label < 0 or (classes is not None and sp.target_label >= classes):
+        _fail("stream_poison.target_label", sp.target_label,
+              f"a class in 0..{classes - 1}" if classes is not None else "a class index >= 0")
+    if sp.patch_size < 1:
+        _fail("stream_poison.patch_size", sp.patch_size, "an integer >= 1")
+    if not 0.0 < sp.blend_alpha <= 1.0:
+        _fail("stream_poison.blend_alpha", sp.blend_alpha, "a weight in (0, 1]")
+    if san.name not in SANITIZERS:
+        _fail("sanitizer", san.name, ", ".join(SANITIZERS))
+    if san.eps < 0:
+        _fail("sanitizer.eps", san.eps, "an L-inf radius >= 0")
+    if san.step <= 0:
+        _fail("sanitizer.step", san.step, "a positive step size")
+    if san.steps < 0:
+        _fail("sanitizer.steps", san.steps, "an integer >= 0")
+    if san.slope < 0:
+        _fail("sanitizer.slope", san.slope, "a value >= 0 (the threshold grows with the online step)")
+    if san.history_lag < 0:
+        _fail("sanitizer.history_lag", san.history_lag, "an integer >= 0 (participations back)")
+    if san.drop_above is not None and san.drop_above <= 0:
+        _fail("sanitizer.drop_above", san.drop_above, "a positive MD, or null to drop nothing")
 
 
 def _validate_data_files(cfg: DictConfig) -> None:

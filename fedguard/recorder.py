@@ -20,6 +20,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from fedguard.faults import fault_for
+from fedguard.sanitizers import METRICS as SANITIZER_METRICS
+
+SANITIZER_FIELDS = tuple(k.replace("-", "_") for k in SANITIZER_METRICS)  # clients.jsonl names
+SANITIZER_SUMS = ("stream_poisoned", "sanitizer_flagged", "sanitizer_flagged_poisoned",
+                  "sanitizer_corrected", "sanitizer_steps", "sanitizer_dropped")  # rounds.jsonl: sums
 
 
 def _clean(value: Any) -> Any:
@@ -91,7 +96,29 @@ class Recorder:
         self._rounds_fh = open(self.dir / "rounds.jsonl", "a", encoding="utf-8")
         self._clients_fh = open(self.dir / "clients.jsonl", "a", encoding="utf-8")
 
+    @property
+    def sanitizer_run(self) -> bool:
+        """Whether the run has a stream poison or a client sanitiser (their records are kept)."""
+        return (OmegaConf.select(self.cfg, "sanitizer.name", default="none") != "none"
+                or OmegaConf.select(self.cfg, "stream_poison.name", default="none") != "none")
+
+    def _sanitizer_round(self, row: dict[str, Any], clients: list[dict[str, Any]]) -> None:
+        """Per-round sums of the clients' stream-poison/sanitiser counts (valid replies only;
+        ground truth: read here, by no defense); or, in runs without either, drop the fields."""
+        if not self.sanitizer_run:
+            for client in clients:
+                for key in SANITIZER_FIELDS:
+                    client.pop(key, None)
+            return
+        valid = [c for c in clients if not c.get("rejected") and c.get("stream_poisoned") is not None]
+        for key in SANITIZER_SUMS:
+            row[key] = int(sum(c.get(key) or 0 for c in valid))
+        for key in ("sanitizer_md", "sanitizer_s"):  # means per client
+            vals = [c[key] for c in valid if c.get(key) is not None]
+            row[key] = float(np.mean(vals)) if vals else None
+
     def record_round(self, row: dict[str, Any], clients: list[dict[str, Any]]) -> None:
+        self._sanitizer_round(row, clients)
         for client in clients:
             client.setdefault("malicious", client["partition_id"] in self.malicious)
             client.setdefault("rejected", None)
@@ -105,6 +132,8 @@ class Recorder:
                     self.flags["attack"][key] += 1
             self._clients_fh.write(json.dumps(_clean({"round": row["round"], **client})) + "\n")
         self._clients_fh.flush()
+        if self.cfg.faults.kind != "none":  # ground truth: clients with an injected fault this round
+            row = {**row, "faulty": sum(bool(c.get("fault")) for c in clients)}
         row = _clean(row)
         self.rounds.append(row)
         self._rounds_fh.write(json.dumps(row) + "\n")
@@ -145,12 +174,14 @@ class Recorder:
                 "defense_s": mean("defense_s"),
                 "aggregate_s": mean("aggregate_s"),
                 "evaluate_s": mean("evaluate_s"),
+                "sanitizer_s": mean("sanitizer_s"),  # per client per round (null without a sanitiser)
             },
             "rounds": len(self.rounds),
             "failed_replies": sum(r.get("failures", 0) for r in self.rounds),
             "missing_replies": sum(r.get("missing", 0) for r in self.rounds),
             "rejected": dict(sorted(self.rejected.items())),
             "kept_previous_rounds": [r["round"] for r in self.rounds if r.get("kept_previous_model")],
+            "sanitizer": self.sanitizer_summary(),
         })
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,6 +197,22 @@ class Recorder:
         self.rejected = Counter(state["rejected"])
         self.elapsed_before = float(state["elapsed_s"])
         self.started = time.perf_counter()
+
+    def sanitizer_summary(self) -> dict[str, Any] | None:
+        """Sample-level precision/recall of the honest clients' sanitiser against the stream
+        poisons (null in runs with neither): precision = flagged poisoned / flagged, recall =
+        flagged poisoned / poisoned samples drawn (null when the denominator is 0)."""
+        if not self.sanitizer_run:
+            return None
+        tot = {k: int(sum(r.get(k) or 0 for r in self.rounds)) for k in SANITIZER_SUMS}
+        ratio = lambda a, b: a / b if b else None  # noqa: E731
+        return {"name": OmegaConf.select(self.cfg, "sanitizer.name", default="none"),
+                "precision": ratio(tot["sanitizer_flagged_poisoned"], tot["sanitizer_flagged"]),
+                "recall": ratio(tot["sanitizer_flagged_poisoned"], tot["stream_poisoned"]),
+                "flagged": tot["sanitizer_flagged"], "poisoned": tot["stream_poisoned"],
+                "flagged_poisoned": tot["sanitizer_flagged_poisoned"],
+                "corrected_batches": tot["sanitizer_corrected"], "steps": tot["sanitizer_steps"],
+                "dropped": tot["sanitizer_dropped"]}
 
     def detection(self) -> dict[str, Any] | None:
         """Flags against ground truth (null without attack or without a scoring defense):

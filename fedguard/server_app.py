@@ -38,6 +38,7 @@ from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
 from fedguard.recorder import Recorder
+from fedguard.sanitizers import record_fields
 from fedguard.sampling import sample_partitions  # noqa: F401 (re-exported)
 from fedguard.training import evaluate
 from strategies import RoundNotes, build_strategy
@@ -89,6 +90,7 @@ def client_rows(replies: list[Message], partition_of: dict[int, int], notes: Rou
             row.update(train_loss=metrics.get("train_loss"), num_examples=metrics.get("num-examples"),
                        client_train_s=metrics.get("train_s"), ray_node=info.get("ray-node"),
                        device=info.get("device"))
+            row.update(record_fields(metrics))  # stream-poison / sanitiser counts (recorder only)
         row.update(notes.clients.get(node, {}))
         rows.append(row)
     return sorted(rows, key=lambda r: (r["partition_id"] is None, r["partition_id"]))

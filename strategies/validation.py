@@ -13,7 +13,8 @@ rejected (left out of what the inner strategy sees) when:
 - an array holds NaN or Inf                                         -> "non-finite: ..."
 - a metric is missing, not a number, non-finite or out of range     -> "metrics: ..."
   (`num-examples` a positive int, `train_loss` finite >= 0; optional `partition-id`,
-  `train_s` finite numbers; nothing else)
+  `train_s` and the sanitiser/stream-poison counts `fedguard.sanitizers.METRICS` finite
+  numbers; nothing else)
 
 Reasons are "<category>: <detail>"; they go to `notes.clients[node]["rejected"]` and the
 recorder counts them by category in summary.json `rejected`.
@@ -38,11 +39,12 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
+from fedguard.sanitizers import METRICS as SANITIZER_METRICS
 from strategies.base import RoundNotes, StrategyWrapper
 
 ARRAYS_KEY, METRICS_KEY, INFO_KEY = "arrays", "metrics", "info"
 REQUIRED_METRICS = ("num-examples", "train_loss")
-OPTIONAL_METRICS = ("partition-id", "train_s")
+OPTIONAL_METRICS = ("partition-id", "train_s", *SANITIZER_METRICS)  # the latter: recorder only
 MAX_INFO_BYTES = 1 << 16  # a ConfigRecord "info" larger than this is rejected
 HEADER_SLACK = 256  # bytes per array for the .npy header
 

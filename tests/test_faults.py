@@ -42,7 +42,7 @@ def test_run_with_faulty_clients_completes_and_records_rejections(tmp_path, kind
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["rejected"] == {category: 2}, summary["rejected"]
     rounds = _rows(run / "rounds.jsonl")
-    assert all(r["valid_replies"] == 4 and not r["kept_previous_model"] for r in rounds)
+    assert all(r["valid_replies"] == 4 and r["faulty"] == 1 and not r["kept_previous_model"] for r in rounds)
     assert rounds[-1]["accuracy"] > rounds[0]["initial_accuracy"]  # still learning
     faulty = [c for c in _rows(run / "clients.jsonl") if c["fault"]]
     assert len(faulty) == 2 and all(c["fault"] == kind for c in faulty)

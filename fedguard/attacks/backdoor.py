@@ -128,9 +128,21 @@ def attack_success_rate(model: nn.Module, x, y, target: int, trigger, device: to
 
 
 def round_asr(cfg, model: nn.Module, test, device: torch.device | None = None) -> dict[str, float | None]:
-    """`{"asr": ...}` of the global `model` on the triggered test split for a backdoor run
-    (the rounds.jsonl field), `{}` for any other attack."""
-    if cfg.attack.name != "backdoor":
-        return {}
-    return {"asr": attack_success_rate(model, test.x, test.y, int(cfg.attack.target_label),
-                                       trigger_from_config(cfg), device)}
+    """The rounds.jsonl attack success rates of the global `model` on the triggered test split.
+
+    `asr`: the run's backdoor, i.e. `attack=backdoor`'s trigger and target, else a badnets/blend
+    `stream_poison`'s (poisons in the honest clients' streams). With both, the stream poison's
+    goes to `stream_asr`. `{}` when the run has no backdoor.
+    """
+    from fedguard.stream_poison import stream_trigger  # local: that module imports this one
+
+    out: dict[str, float | None] = {}
+    if cfg.attack.name == "backdoor":
+        out["asr"] = attack_success_rate(model, test.x, test.y, int(cfg.attack.target_label),
+                                         trigger_from_config(cfg), device)
+    sp = getattr(cfg, "stream_poison", None)
+    trigger = stream_trigger(cfg) if sp is not None else None
+    if trigger is not None and sp.rate > 0:
+        out["stream_asr" if out else "asr"] = attack_success_rate(
+            model, test.x, test.y, int(sp.target_label), trigger, device)
+    return out

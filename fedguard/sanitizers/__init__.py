@@ -1,0 +1,140 @@
+"""Sample-level sanitisers that honest clients run on their own stream batches (`sanitizer`).
+
+In a federation the sample-level defenses belong where the data is: an honest client whose
+stream carries an outsider's poisons (`fedguard/stream_poison.py`) cleans its own batches
+before it trains on them. Every sanitiser follows one protocol (`Sanitizer`):
+
+    begin_round(model, context, server_round)    model = the global model just received
+    sanitize(model, batches, context, server_round) -> (batches', flagged_mask_per_batch)
+    end_round(model, context, server_round) -> stats   (counts of this round, see METRICS)
+
+`flagged_mask_per_batch[i]` is a bool mask over the samples of the *input* batch i (what the
+sanitiser treats as poisoned: corrected, dropped or removed); `batches'[i]` is what is trained
+on (may be shorter: dropped samples). An `online` sanitiser (DSC) is called on one batch at a
+time, right before that batch's SGD step, with the model as it is then (the single-learner
+online protocol of the paper); an offline one (EPIC, ISPL, Confusion, to come) once on the
+round's batches before training. Persistent state (online step counter, historical models,
+dropped ids) lives in the node's `Context.state`: small JSON-able values in ConfigRecords
+(echoed to the server, so they survive checkpoint/resume), tensors in ArrayRecords (not
+echoed: after a resume the sanitiser rebuilds them).
+
+Records. Every ClientApp reply (honest, malicious, any sanitiser or none) carries the same
+`METRICS` keys (Flower needs identical MetricRecord keys across replies; 0 when not
+applicable). `stream-poisoned` (poisoned samples drawn this round) and
+`sanitizer-flagged-poisoned` (flagged ones among them) are simulation ground truth: they are
+read only by the recorder (sample-level precision/recall of the sanitiser in summary.json
+`sanitizer`), never by a sanitiser or a server-side defense.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from flwr.app import Context
+from torch import Tensor, nn
+
+Batch = tuple[Tensor, Tensor]
+
+# reply MetricRecord keys every client sends (strategies/validation.py allows them)
+POISONED, FLAGGED, FLAGGED_POISONED = "stream-poisoned", "sanitizer-flagged", "sanitizer-flagged-poisoned"
+CORRECTED, STEPS, DROPPED, MD, SECONDS = ("sanitizer-corrected", "sanitizer-steps", "sanitizer-dropped",
+                                          "sanitizer-md", "sanitizer-s")
+METRICS = (POISONED, FLAGGED, FLAGGED_POISONED, CORRECTED, STEPS, DROPPED, MD, SECONDS)
+GROUND_TRUTH_METRICS = (POISONED, FLAGGED_POISONED)  # recorder only
+
+
+def zero_metrics() -> dict[str, float | int]:
+    """The METRICS of a client that ran no sanitiser on a clean stream (e.g. a malicious one)."""
+    return {k: (0.0 if k in (MD, SECONDS) else 0) for k in METRICS}
+
+
+class Sanitizer:
+    """Base class and the `none` sanitiser: trains on the batches as they come."""
+
+    name = "none"
+    online = False  # True: sanitize() gets one batch right before its SGD step
+
+    def __init__(self) -> None:
+        self.stats: dict[str, float] = {}
+
+    def begin_round(self, model: nn.Module, context: Context, server_round: int) -> None:
+        self.stats = {CORRECTED: 0, STEPS: 0, DROPPED: 0, MD: 0.0}
+
+    def sanitize(self, model: nn.Module, batches: list[Batch], context: Context, server_round: int
+                 ) -> tuple[list[Batch], list[Tensor]]:
+        return list(batches), [torch.zeros(len(y), dtype=torch.bool, device=y.device) for _, y in batches]
+
+    def end_round(self, model: nn.Module, context: Context, server_round: int) -> dict[str, float]:
+        return dict(self.stats)
+
+
+def build_sanitizer(cfg) -> Sanitizer:
+    """The sanitiser `cfg.sanitizer.name` names (`none` when the config has no sanitizer)."""
+    san = getattr(cfg, "sanitizer", None)
+    name = "none" if san is None else san.name
+    if name == "none":
+        return Sanitizer()
+    if name == "dsc":
+        from fedguard.sanitizers.dsc import DSCSanitizer
+
+        return DSCSanitizer.from_config(san)
+    raise ValueError(f"unknown sanitizer {name!r}; allowed: none, dsc")
+
+
+def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch], poisoned: list[Tensor],
+                    context: Context, server_round: int, lr: float, momentum: float,
+                    device: torch.device) -> tuple[float, int, dict[str, Any]]:
+    """Local SGD on `batches` through `sanitizer`: (train_loss, examples trained on, METRICS).
+
+    `poisoned[i]` is the ground-truth mask of batch i: only counted here, for the records.
+    """
+    from fedguard.training import sgd_steps
+
+    start = time.perf_counter()
+    sanitizer.begin_round(model, context, server_round)
+    flagged: list[Tensor | None] = [None] * len(batches)
+    kept = [0] * len(batches)
+    spent = time.perf_counter() - start
+
+    if sanitizer.online:
+        def prepare(m: nn.Module, i: int, x: Tensor, y: Tensor) -> Batch:
+            nonlocal spent
+            t0 = time.perf_counter()
+            (out,), (mask,) = sanitizer.sanitize(m, [(x, y)], context, server_round)
+            m.train()
+            flagged[i], kept[i] = mask, len(out[1])
+            spent += time.perf_counter() - t0
+            return out
+
+        loss = sgd_steps(model, batches, lr, momentum, device, prepare=prepare)
+    else:
+        t0 = time.perf_counter()
+        cleaned, flagged = sanitizer.sanitize(model, batches, context, server_round)
+        spent += time.perf_counter() - t0
+        kept = [len(y) for _, y in cleaned]
+        loss = sgd_steps(model, [b for b in cleaned if len(b[1])], lr, momentum, device)
+    t0 = time.perf_counter()
+    stats = sanitizer.end_round(model, context, server_round)
+    spent += time.perf_counter() - t0
+
+    metrics = zero_metrics()
+    metrics.update({k: v for k, v in stats.items() if k in metrics})
+    for mask, truth in zip(flagged, poisoned):
+        truth = truth.cpu()
+        metrics[POISONED] += int(truth.sum())
+        if mask is not None:
+            mask = mask.cpu()
+            metrics[FLAGGED] += int(mask.sum())
+            metrics[FLAGGED_POISONED] += int((mask & truth).sum())
+    metrics[SECONDS] = spent
+    if not math.isfinite(loss):  # every sample dropped: no step taken
+        loss = 0.0
+    return loss, max(1, sum(kept)), metrics
+
+
+def record_fields(metrics) -> dict[str, Any]:
+    """The METRICS of a reply as clients.jsonl fields ("sanitizer-flagged" -> "sanitizer_flagged")."""
+    return {k.replace("-", "_"): metrics[k] for k in METRICS if k in metrics}
