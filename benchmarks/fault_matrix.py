@@ -47,10 +47,11 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[], help="extra override, e.g. backend.client_resources.num_cpus=0.5")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="fault-matrix-"))
     base = [f"num_clients={args.clients}", f"rounds={args.rounds}", "progress=false",
-            f"backend.init_args.num_cpus={args.cpus}", f"backend.round_timeout={args.timeout}"]
+            f"backend.init_args.num_cpus={args.cpus}", f"backend.round_timeout={args.timeout}", *args.set]
     results = {"none": run(out / "none", base)}
     for kind in args.kinds.split(","):
         results[kind] = run(out / kind, [*base, f"faults.kind={kind}", f"faults.rate={args.rate}"])

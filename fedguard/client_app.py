@@ -127,7 +127,14 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Handshake: tell the server this node's partition id."""
+    """Handshake: tell the server this node's partition id. Also warms up the actor (data
+    splits, this partition, the model: all cached), so the first training round is not slowed
+    by start-up work and a short `backend.round_timeout` measures training only (the
+    handshake's own timeout is generous)."""
     partition_id = int(context.node_config["partition-id"])
+    cfg = config_from_context(context)
+    data = splits_from_config(cfg)
+    partition_from_config(cfg, data.pool.y, partition_id)
+    _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
     content = RecordDict({"identity": MetricRecord({"partition-id": partition_id})})
     return Message(content=content, reply_to=msg)

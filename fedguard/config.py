@@ -149,6 +149,7 @@ class AttackConfig:
     sign: int = -1  # accumulation direction sign*grad cos(g_trigger, g_val); -1 pairs with sgd
     trigger_mode: str = "sgd"  # sgd | reverse | val_ascent
     norm_bound: float = 1.0  # trigger update norm, as a multiple of the honest update norm
+    trigger_steps: int | None = None  # SGD steps on the trigger batch; null -> local_steps (1 = trained on once)
     accumulate_norm: float = 1.0  # accumulate update norm, as a multiple of the honest update norm
     eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
     steps: int = 2  # data form: signed-gradient steps per poisoned batch
@@ -335,6 +336,18 @@ def validate(cfg: DictConfig) -> None:
         _fail("faults.kind", cfg.faults.kind, ", ".join(FAULT_KINDS))
     if not 0.0 <= cfg.faults.rate <= 1.0:
         _fail("faults.rate", cfg.faults.rate, "a fraction of the sampled clients in [0, 1]")
+    if cfg.faults.kind == "hang" and cfg.faults.rate > 0 and not cfg.backend.init_args.address:
+        # a hung client holds its Ray actor for 1.5 x round_timeout: leave actors for the others
+        import os
+
+        cpus = cfg.backend.init_args.num_cpus or os.cpu_count() or 1
+        actors = int(cpus // cfg.backend.client_resources.num_cpus)
+        hung = min(sampled, max(1, int(round(cfg.faults.rate * sampled))))
+        if hung >= actors:
+            _fail("faults.rate", cfg.faults.rate,
+                  f"with faults.kind=hang, fewer hung clients per round ({hung}) than client actors "
+                  f"({actors} = backend.init_args.num_cpus / backend.client_resources.num_cpus); "
+                  "lower the rate or backend.client_resources.num_cpus")
     if cfg.weighting not in WEIGHTINGS:
         _fail("weighting", cfg.weighting, ", ".join(WEIGHTINGS))
     if not 1 <= cfg.min_replies <= sampled:
@@ -364,6 +377,8 @@ def _validate_attack(cfg: DictConfig) -> None:
     for key in ("steps", "val_batch"):
         if a[key] < 1:
             _fail(f"attack.{key}", a[key], "an integer >= 1")
+    if a.trigger_steps is not None and a.trigger_steps < 1:
+        _fail("attack.trigger_steps", a.trigger_steps, "an integer >= 1, or null for local_steps")
     for key in ("norm_bound", "accumulate_norm"):
         if a[key] <= 0:
             _fail(f"attack.{key}", a[key], "a positive multiple of the honest update norm")

@@ -38,6 +38,7 @@ def test_dataset_brings_its_natural_model_unless_overridden(mnist_root):
     (["checkpoint_every=-1"], "checkpoint_every", "-1"),
     (["backend.round_timeout=0"], "backend.round_timeout", "0"),
     (["resume=/nonexistent/run"], "resume", "/nonexistent/run"),
+    (["faults.kind=hang", "faults.rate=0.5", "backend.init_args.num_cpus=2"], "faults.rate", "0.5"),
 ])
 def test_invalid_values_name_key_value_and_allowed(overrides, key, value):
     with pytest.raises(ConfigError) as err:

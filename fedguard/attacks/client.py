@@ -246,7 +246,8 @@ def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, d
         if phase == "accumulate":
             d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
             return done(to_exchanged(model, scale_to_norm(d, a.accumulate_norm * ref), params))
-        u = trigger_update(model, params, xt, yt, xv, yv, mode=a.trigger_mode, lr=cfg.lr, steps=cfg.local_steps)
+        steps = a.trigger_steps if a.trigger_steps is not None else cfg.local_steps
+        u = trigger_update(model, params, xt, yt, xv, yv, mode=a.trigger_mode, lr=cfg.lr, steps=steps)
         return done(to_exchanged(model, scale_to_norm(u, a.norm_bound * ref), params))
     if phase == "accumulate":  # data form: train on poisoned copies of the stream batches
         d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
