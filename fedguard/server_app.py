@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
