@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
-
-from collections import Counter
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
