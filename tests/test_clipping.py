@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from strategies import NormClipping, RoundNotes, clip_factors
 from strategies.factory import build_aggregator

@@ -13,8 +13,8 @@ def test_default_composes_and_validates():
 
 
 def test_dataset_brings_its_natural_model_unless_overridden(mnist_root):
-    assert compose([f"dataset=mnist", f"dataset.root={mnist_root}"]).model.name == "cnn"
-    assert compose([f"dataset=mnist", f"dataset.root={mnist_root}", "model=mlp"]).model.name == "mlp"
+    assert compose(["dataset=mnist", f"dataset.root={mnist_root}"]).model.name == "cnn"
+    assert compose(["dataset=mnist", f"dataset.root={mnist_root}", "model=mlp"]).model.name == "mlp"
     assert compose(["dataset=cifar10", "dataset.root=x"]).model.name == "resnet18"
 
 
