@@ -43,7 +43,7 @@ VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
 class MDDSC(StrategyWrapper):
     def __init__(self, inner: Strategy, model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, *,
                  seed: int = 0, val_batch: int = 256, history_size: int = 10, history_stride: int = 1,
-                 history_dtype: str = "float32", reference: str = "lag", lag: int = 5,
+                 history_dtype: str = "float32", reference: str = "lag", lag: int = 1,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 3.0,
                  min_log_spread: float = 0.1,
                  window: int = 5, correction: str = "scale", pgd_eps: float = 0.5, pgd_steps: int = 10,
