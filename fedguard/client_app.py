@@ -31,7 +31,7 @@ from fedguard.data.sources import splits_from_config
 from fedguard.faults import corrupt, fail_before_training, fault_for
 from fedguard.models import arrays_to_model, build_model, model_to_arrays
 from fedguard.runtime import assigned_device, ray_node_id, set_threads
-from fedguard.streams import IndexStream, load_cursor, save_cursor
+from fedguard.streams import next_batches
 from fedguard.sanitizers import build_sanitizer, train_sanitized, zero_metrics
 from fedguard.stream_poison import poison_stream_batch
 
@@ -51,16 +51,13 @@ def stream_batches(cfg, context: Context, partition_id: int):
     counted for the recorder."""
     data = splits_from_config(cfg)
     indices = partition_from_config(cfg, data.pool.y, partition_id)
-    stream = IndexStream(indices, cfg.seed, partition_id, load_cursor(context))
     batches, poisoned = [], []
-    for _ in range(cfg.local_steps):
-        idx = stream.next_batch(cfg.batch_size)
+    for idx in next_batches(context, indices, cfg.seed, partition_id, cfg.local_steps, cfg.batch_size):
         x, y, mask = poison_stream_batch(cfg, partition_id, idx, torch.from_numpy(data.pool.x[idx]),
                                          torch.from_numpy(data.pool.y[idx]), partition=indices,
                                          num_classes=data.num_classes)
         batches.append((x, y))
         poisoned.append(mask)
-    save_cursor(context, stream.cursor)
     return batches, len(indices), poisoned
 
 

@@ -42,12 +42,20 @@ def _clean(value: Any) -> Any:
 ATTACK_PHASES = ("accumulate", "trigger", "attack")  # rounds in which malicious clients attack
 
 
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a jsonl file (rounds.jsonl, clients.jsonl)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
 def detection_rates(counts: Counter) -> dict[str, float | None]:
     """TPR, FPR and precision of flags from (malicious, flagged) counts."""
     tp, fn = counts[(True, True)], counts[(True, False)]
     fp, tn = counts[(False, True)], counts[(False, False)]
-    ratio = lambda a, b: a / b if b else None  # noqa: E731
-    return {"tpr": ratio(tp, tp + fn), "fpr": ratio(fp, fp + tn), "precision": ratio(tp, tp + fp),
+    return {"tpr": _ratio(tp, tp + fn), "fpr": _ratio(fp, fp + tn), "precision": _ratio(tp, tp + fp),
             "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
@@ -204,10 +212,9 @@ class Recorder:
         if not self.sanitizer_run:
             return None
         tot = {k: int(sum(r.get(k) or 0 for r in self.rounds)) for k in SANITIZER_SUMS}
-        ratio = lambda a, b: a / b if b else None  # noqa: E731
         return {"name": OmegaConf.select(self.cfg, "sanitizer.name", default="none"),
-                "precision": ratio(tot["sanitizer_flagged_poisoned"], tot["sanitizer_flagged"]),
-                "recall": ratio(tot["sanitizer_flagged_poisoned"], tot["stream_poisoned"]),
+                "precision": _ratio(tot["sanitizer_flagged_poisoned"], tot["sanitizer_flagged"]),
+                "recall": _ratio(tot["sanitizer_flagged_poisoned"], tot["stream_poisoned"]),
                 "flagged": tot["sanitizer_flagged"], "poisoned": tot["stream_poisoned"],
                 "flagged_poisoned": tot["sanitizer_flagged_poisoned"],
                 "corrected_batches": tot["sanitizer_corrected"], "steps": tot["sanitizer_steps"],
@@ -229,6 +236,5 @@ class Recorder:
 
         plot_accuracy(self.rounds, self.dir / "accuracy.png")
         if self.flags["all"]:  # a defense scored updates: draw MD per client
-            clients = [json.loads(line) for line in (self.dir / "clients.jsonl").read_text().splitlines() if line]
-            plot_md(clients, self.rounds, self.dir / "md.png")
+            plot_md(read_jsonl(self.dir / "clients.jsonl"), self.rounds, self.dir / "md.png")
         return summary

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedguard.plots import plot_comparison
+from fedguard.recorder import read_jsonl
 
 COLUMNS = [("final acc", "final_accuracy"), ("best acc", "best_accuracy"),
            ("trigger drop", "trigger_drop"), ("ASR", "attack_success_rate")]
@@ -70,8 +71,7 @@ def report(paths: list[Path], out: Path | None = None, console: Console | None =
         rows.append(row)
         table.add_row(label, run.name, *[_fmt(row[key]) for _, key in COLUMNS],
                       f"{_fmt(row['tpr'])}/{_fmt(row['fpr'])}" if det else "-", _fmt(row["round_s_mean"]))
-        curves[f"{label} [{run.name}]"] = [json.loads(line) for line in
-                                           (run / "rounds.jsonl").read_text().splitlines() if line]
+        curves[f"{label} [{run.name}]"] = read_jsonl(run / "rounds.jsonl")
     console.print(table)
     out_dir = out or (runs[0].parent if len(runs) > 1 else runs[0])
     with open(out_dir / "comparison.csv", "w", newline="") as fh:

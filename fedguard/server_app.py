@@ -216,7 +216,7 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
                    "round_s": t3 - t0, "train_s": t1 - t0, "defense_s": defense_s,
                    "aggregate_s": t2 - t1 - defense_s, "evaluate_s": t3 - t2}
             row.update(notes.round)
-            row.update(round_asr(cfg, arrays_to_model(model, arrays).to(device), data.test, device))  # backdoor: asr
+            row.update(round_asr(cfg, model, data.test, device))  # backdoor: asr (model holds `arrays`: test_accuracy loaded it)
             if rnd == 1:
                 row["initial_accuracy"] = initial_acc
             replied = {partition_of.get(m.metadata.src_node_id) for m in replies}

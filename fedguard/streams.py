@@ -61,3 +61,13 @@ def load_cursor(context: Context, key: str = STATE_KEY) -> StreamCursor:
 
 def save_cursor(context: Context, cursor: StreamCursor, key: str = STATE_KEY) -> None:
     context.state.config_records[key] = ConfigRecord({"epoch": cursor.epoch, "position": cursor.position})
+
+
+def next_batches(context: Context, indices: np.ndarray, seed: int, stream_id: int, count: int,
+                 batch_size: int) -> list[np.ndarray]:
+    """The next `count` index batches of the stream over `indices` whose cursor lives in
+    `context.state`; the cursor is advanced and saved back."""
+    stream = IndexStream(indices, seed, stream_id, load_cursor(context))
+    batches = [stream.next_batch(batch_size) for _ in range(count)]
+    save_cursor(context, stream.cursor)
+    return batches

@@ -62,17 +62,19 @@ def build_defense(cfg, sampled: int, notes: RoundNotes | None = None, model=None
     server's validation stream) are needed by `mddsc` only.
     """
     d = cfg.defense
+
+    def clipping(inner_name: str) -> NormClipping:
+        return NormClipping(build_aggregator(inner_name, cfg, sampled), d.clip_norm, d.clip_multiplier, notes)
+
     if d.name == "clipping":
-        return NormClipping(build_aggregator(d.inner, cfg, sampled), d.clip_norm, d.clip_multiplier, notes)
+        return clipping(d.inner)
     if d.name == "mddsc":
-        if d.inner == "clipping":
-            inner = NormClipping(build_aggregator("fedavg", cfg, sampled), d.clip_norm, d.clip_multiplier, notes)
-        else:
-            inner = build_aggregator(d.inner, cfg, sampled)
+        inner = clipping("fedavg") if d.inner == "clipping" else build_aggregator(d.inner, cfg, sampled)
         h, t, c = d.history, d.threshold, d.correction
         return MDDSC(inner, model, data.val.x, data.val.y, seed=cfg.seed, val_batch=d.val_batch,
                      history_size=h.size, history_stride=h.stride, history_dtype=h.dtype,
                      reference=h.reference, lag=h.lag, threshold_rule=t.rule, tau0=t.tau0,
-                     slope=t.slope, k=t.k, min_log_spread=t.min_log_spread, window=t.window, correction=c.method, pgd_eps=c.pgd_eps,
-                     pgd_steps=c.pgd_steps, pgd_lr=c.pgd_lr, device=device, notes=notes)
+                     slope=t.slope, k=t.k, min_log_spread=t.min_log_spread, window=t.window,
+                     correction=c.method, pgd_eps=c.pgd_eps, pgd_steps=c.pgd_steps, pgd_lr=c.pgd_lr,
+                     device=device, notes=notes)
     return build_aggregator(d.name, cfg, sampled)

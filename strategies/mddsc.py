@@ -95,10 +95,9 @@ class MDDSC(StrategyWrapper):
         """The paper's schedule, or a robust rule: median + k*max(1.4826*MAD, min_log_spread) of
         log-scores (MD is positive and heavy-tailed, roughly log-normal across honest clients;
         the spread floor stops a few near-equal scores from flagging honest ones), over this
-        round's scores
-        pooled with the accepted scores of recent rounds. MD drifts as training goes, so each
-        past round's accepted scores are first rescaled by the ratio of this round's median to
-        that round's median: the history lends its spread, this round its level."""
+        round's scores pooled with the accepted scores of recent rounds. MD drifts as training
+        goes, so each past round's accepted scores are first rescaled by the ratio of this
+        round's median to that round's median: the history lends its spread, this round its level."""
         if self.threshold_rule == "schedule":
             return schedule_threshold(server_round, self.tau0, self.slope)
         level = float(np.median(scores))

@@ -68,7 +68,7 @@ from fedguard.attacks.plan import AttackPlan, malicious_ids, shared_seed
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_from_flat, exchanged_state, flat_from_arrays, model_to_arrays
-from fedguard.streams import IndexStream, load_cursor, save_cursor
+from fedguard.streams import next_batches
 from fedguard.training import sgd_steps
 
 _VAL_SALT, _TRIGGER_SALT, _NOISE_SALT, _POISON_SALT = 1, 2, 3, 4
@@ -149,9 +149,7 @@ def attacker_data(cfg, context: Context, partition_id: int) -> AttackData:
     data = splits_from_config(cfg)
     partition = partition_from_config(cfg, data.pool.y, partition_id)
     train_idx, val_idx = heldout_split(cfg, partition)
-    stream = IndexStream(train_idx, cfg.seed, partition_id, load_cursor(context))
-    batch_indices = [stream.next_batch(cfg.batch_size) for _ in range(cfg.local_steps)]
-    save_cursor(context, stream.cursor)
+    batch_indices = next_batches(context, train_idx, cfg.seed, partition_id, cfg.local_steps, cfg.batch_size)
     rng = np.random.default_rng(shared_seed(cfg.seed, int(attack_plan(cfg).trigger_round), _TRIGGER_SALT))
     trig = train_idx[rng.permutation(len(train_idx))[:cfg.batch_size]]
     x = lambda idx: torch.from_numpy(data.pool.x[idx])  # noqa: E731
