@@ -46,19 +46,22 @@ def _model(name: str, shape: tuple, classes: int, hidden: int) -> torch.nn.Modul
 def stream_batches(cfg, context: Context, partition_id: int):
     """Next `local_steps` batches of this client's stream; advances the cursor in state.
 
-    Returns (batches, partition size, poisoned masks): an outsider's `stream_poison` is applied
-    as the samples are drawn (`fedguard/stream_poison.py`); the masks are ground truth, only
-    counted for the recorder."""
+    Returns (batches, partition size, poisoned masks, pool ids of each batch, fetch): an
+    outsider's `stream_poison` is applied as the samples are drawn
+    (`fedguard/stream_poison.py`); the masks are ground truth, only counted for the recorder.
+    `fetch(ids) -> (x, y)` re-reads samples of this stream by pool id, poisoned the same way."""
     data = splits_from_config(cfg)
     indices = partition_from_config(cfg, data.pool.y, partition_id)
-    batches, poisoned = [], []
-    for idx in next_batches(context, indices, cfg.seed, partition_id, cfg.local_steps, cfg.batch_size):
-        x, y, mask = poison_stream_batch(cfg, partition_id, idx, torch.from_numpy(data.pool.x[idx]),
-                                         torch.from_numpy(data.pool.y[idx]), partition=indices,
-                                         num_classes=data.num_classes)
-        batches.append((x, y))
-        poisoned.append(mask)
-    return batches, len(indices), poisoned
+
+    def draw(idx):
+        return poison_stream_batch(cfg, partition_id, idx, torch.from_numpy(data.pool.x[idx]),
+                                   torch.from_numpy(data.pool.y[idx]), partition=indices,
+                                   num_classes=data.num_classes)
+
+    ids = next_batches(context, indices, cfg.seed, partition_id, cfg.local_steps, cfg.batch_size)
+    drawn = [draw(idx) for idx in ids]
+    return ([(x, y) for x, y, _ in drawn], len(indices), [m for _, _, m in drawn], ids,
+            lambda idx: draw(idx)[:2])
 
 
 RESUME_KEY = "resume-state"  # train ConfigRecord key: the node's state saved by a resumed server
@@ -104,9 +107,10 @@ def train(msg: Message, context: Context) -> Message:
         arrays, loss, num_examples = malicious_train(cfg, msg, context, model, partition_id, device)
         model.cpu()
     else:  # honest: its (possibly stream-poisoned) batches, through its sanitiser
-        batches, _, poisoned = stream_batches(cfg, context, partition_id)
+        batches, _, poisoned, ids, fetch = stream_batches(cfg, context, partition_id)
         loss, num_examples, sanitizer_metrics = train_sanitized(
-            build_sanitizer(cfg), model, batches, poisoned, context, server_round, cfg.lr, cfg.momentum, device)
+            build_sanitizer(cfg), model, batches, poisoned, context, server_round, cfg.lr, cfg.momentum, device,
+            ids=ids, fetch=fetch)
         arrays = model_to_arrays(model.cpu())
 
     metrics = MetricRecord({

@@ -169,7 +169,7 @@ class AttackConfig:
 
 
 STREAM_POISONS = ("none", "badnets", "blend", "label_flip")
-SANITIZERS = ("none", "dsc")  # epic, ispl, confusion: to come (fedguard/sanitizers/__init__.py)
+SANITIZERS = ("none", "dsc", "epic", "ispl", "confusion")  # fedguard/sanitizers/
 
 
 @dataclass
@@ -188,8 +188,10 @@ class StreamPoisonConfig:
 @dataclass
 class SanitizerConfig:
     """What honest clients run on their stream batches (`fedguard/sanitizers/`).
-    dsc: the paper's sample-level discrepancy-aware correction (Zhu et al., ICML 2023)."""
-    name: str = "none"  # none | dsc
+    dsc: the paper's sample-level discrepancy-aware correction (Zhu et al., ICML 2023);
+    epic, ispl, confusion: offline sanitisers over a buffered window of the client's stream
+    (`fedguard/sanitizers/window.py`)."""
+    name: str = "none"  # none | dsc | epic | ispl | confusion
     eps: float = 0.2  # dsc: L-inf radius around the original batch
     step: float = 0.02  # dsc: signed-gradient step size
     steps: int = 10  # dsc: at most this many steps per batch
@@ -197,6 +199,11 @@ class SanitizerConfig:
     slope: float = 0.02
     history_lag: int = 1  # dsc: historical model = global model the client saw this many participations ago (0 = this round's)
     drop_above: float | None = None  # dsc: after correction, drop samples whose own MD is above this
+    window: int = 1024  # epic/ispl/confusion: the last this many distinct stream samples are re-examined
+    every: int = 1  # epic/ispl/confusion: re-examine the window every this many participations
+    # --- epic fields
+    # --- ispl fields
+    # --- confusion fields
 
 
 FAULT_KINDS = ("none", "crash", "hang", "nan", "wrong_shape", "oversize", "inflate_examples", "garbage")
@@ -449,6 +456,13 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
         _fail("sanitizer.history_lag", san.history_lag, "an integer >= 0 (participations back)")
     if san.drop_above is not None and san.drop_above <= 0:
         _fail("sanitizer.drop_above", san.drop_above, "a positive MD, or null to drop nothing")
+    if san.window < 1:
+        _fail("sanitizer.window", san.window, "an integer >= 1 (stream samples buffered)")
+    if san.every < 1:
+        _fail("sanitizer.every", san.every, "an integer >= 1 (participations between re-examinations)")
+    # --- epic checks
+    # --- ispl checks
+    # --- confusion checks
 
 
 def _validate_data_files(cfg: DictConfig) -> None:

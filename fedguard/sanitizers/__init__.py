@@ -28,10 +28,12 @@ read only by the recorder (sample-level precision/recall of the sanitiser in sum
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Context
 from torch import Tensor, nn
@@ -71,26 +73,38 @@ class Sanitizer:
         return dict(self.stats)
 
 
+SANITIZER_CLASSES = {  # name -> class (imported on use: torch-heavy modules stay unloaded)
+    "dsc": "fedguard.sanitizers.dsc.DSCSanitizer",
+    "epic": "fedguard.sanitizers.epic.EPICSanitizer",
+    "ispl": "fedguard.sanitizers.ispl.ISPLSanitizer",
+    "confusion": "fedguard.sanitizers.confusion.ConfusionSanitizer",
+}
+
+
 def build_sanitizer(cfg) -> Sanitizer:
     """The sanitiser `cfg.sanitizer.name` names (`none` when the config has no sanitizer)."""
     san = getattr(cfg, "sanitizer", None)
     name = "none" if san is None else san.name
     if name == "none":
         return Sanitizer()
-    if name == "dsc":
-        from fedguard.sanitizers.dsc import DSCSanitizer
-
-        return DSCSanitizer.from_config(san)
-    raise ValueError(f"unknown sanitizer {name!r}; allowed: none, dsc")
+    if name not in SANITIZER_CLASSES:
+        raise ValueError(f"unknown sanitizer {name!r}; allowed: none, {', '.join(SANITIZER_CLASSES)}")
+    module, cls = SANITIZER_CLASSES[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls).from_config(san)
 
 
 def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch], poisoned: list[Tensor],
                     context: Context, server_round: int, lr: float, momentum: float,
-                    device: torch.device) -> tuple[float, int, dict[str, Any]]:
+                    device: torch.device, ids: list[np.ndarray] | None = None,
+                    fetch=None) -> tuple[float, int, dict[str, Any]]:
     """Local SGD on `batches` through `sanitizer`: (train_loss, examples trained on, METRICS).
 
     `poisoned[i]` is the ground-truth mask of batch i: only counted here, for the records.
+    `ids[i]` are the pool ids of batch i's samples and `fetch(ids) -> (x, y)` re-reads stream
+    samples by id (what a window sanitiser, `sanitizers/window.py`, buffers).
     """
+    if hasattr(sanitizer, "batch_ids"):
+        sanitizer.batch_ids, sanitizer.fetch = ids, fetch
     from fedguard.training import sgd_steps
 
     start = time.perf_counter()
