@@ -2,7 +2,9 @@
 malicious one (`attacks.malicious_ids`, with an attack configured) runs `attacks.client`.
 
 Identity comes from the node (`node_config["partition-id"]`); the stream cursor lives in
-`Context.state`, so it persists across rounds on the node's Ray actor.
+`Context.state`, so it persists across rounds on the node's Ray actor. With virtual clients
+(`backend.num_supernodes`, see server_app.py) the train message names the client instead
+("partition-id") and carries its state, which replaces the node's for this message.
 
 Reliability hooks: an injected fault (`fedguard/faults.py`) may crash, hang or corrupt the
 reply; every reply echoes the node's `Context.state` (ConfigRecord "info", key "state", JSON)
@@ -16,6 +18,7 @@ whichever Ray actor runs the client.
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import lru_cache
 
@@ -65,11 +68,22 @@ def stream_batches(cfg, context: Context, partition_id: int):
 
 
 RESUME_KEY = "resume-state"  # train ConfigRecord key: the node's state saved by a resumed server
+PARTITION_KEY = "partition-id"  # train ConfigRecord key (virtual clients): the client to train as
 STATE_INFO_KEY = "state"  # reply ConfigRecord "info" key: JSON of the node's Context.state
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+def client_identity(msg: Message, context: Context) -> int:
+    """The partition this message trains: the node's own, or (virtual clients) the one the
+    server names, whose carried state then replaces the node's (fresh when none is carried)."""
+    for record in msg.content.config_records.values():
+        if PARTITION_KEY in record:
+            context.state = RecordDict()
+            return int(record[PARTITION_KEY])
+    return int(context.node_config["partition-id"])
 
 
 def apply_resume_state(msg: Message, context: Context) -> None:
@@ -90,7 +104,7 @@ def state_json(context: Context) -> str:
 def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     cfg = config_from_context(context)
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = client_identity(msg, context)
     server_round = server_round_of(msg)
     fault = fault_for(cfg, server_round, partition_id)
     fail_before_training(fault, cfg)  # crash / hang (fedguard/faults.py)
@@ -120,7 +134,8 @@ def train(msg: Message, context: Context) -> Message:
         "train_s": time.perf_counter() - start,
         **sanitizer_metrics,  # stream-poisoned, sanitizer-flagged-poisoned: ground truth, recorder only
     })
-    info = ConfigRecord({"ray-node": ray_node_id(), "device": str(device), STATE_INFO_KEY: state_json(context)})
+    info = ConfigRecord({"ray-node": ray_node_id(), "pid": os.getpid(), "device": str(device),
+                         STATE_INFO_KEY: state_json(context)})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "info": info})
     content = corrupt(fault, content, cfg.seed, server_round, partition_id)  # hostile-reply faults
     return Message(content=content, reply_to=msg)

@@ -19,6 +19,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from fedguard.sampling import sampled_count
+
 DATASETS = ("digits", "mnist", "cifar10", "synthetic", "hub")
 MODELS = ("mlp", "cnn", "resnet18")
 DEFENSES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "clipping", "mddsc")
@@ -123,6 +125,12 @@ class BackendConfig:
     client_resources: ClientResources = field(default_factory=ClientResources)
     init_args: RayInitArgs = field(default_factory=RayInitArgs)
     round_timeout: float = 600.0
+    # SuperNodes of the simulation. null: one per client (each client's state in its node's
+    # Context.state). A number >= the clients sampled per round: that many SuperNodes serve
+    # the num_clients logical clients, the sampled ones assigned afresh each round, their
+    # small state carried by the server (server_app.py, "virtual clients"); needed for
+    # thousands of clients, since Flower's simulation engine polls every SuperNode.
+    num_supernodes: int | None = None
 
 
 ATTACKS = ("none", "accumulative", "label_flip", "backdoor", "sign_flip", "scaling", "gaussian", "alie", "ipm")
@@ -202,6 +210,10 @@ class SanitizerConfig:
     window: int = 1024  # epic/ispl/confusion: the last this many distinct stream samples are re-examined
     every: int = 1  # epic/ispl/confusion: re-examine the window every this many participations
     # --- epic fields
+    epic_fraction: float = 0.1  # epic: medoids per class = max(1, round(fraction * class count)) (the paper's subset size)
+    epic_max_cluster: int = 1  # epic: drop the samples of clusters of at most this many members (1 = isolated points)
+    epic_min_class: int = 3  # epic: classes with fewer samples in the window are left alone
+    epic_start_round: int = 5  # epic: select nothing before this server round (warm-up: early models' gradients are noise)
     # --- ispl fields
     # --- confusion fields
 
@@ -317,7 +329,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("defense.val_batch", defense.val_batch, "an integer >= 1")
     if defense.clip_multiplier <= 0:
         _fail("defense.clip_multiplier", defense.clip_multiplier, "a positive multiplier")
-    sampled = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+    sampled = sampled_count(cfg.num_clients, cfg.fraction_train)
     f = defense.assumed_malicious if defense.assumed_malicious is not None else cfg.num_malicious
     robust = {defense.name, defense.inner}
     if "bulyan" in robust and sampled < 4 * f + 3:
@@ -339,6 +351,13 @@ def validate(cfg: DictConfig) -> None:
         _fail("resume", cfg.resume, "a run directory holding config.yaml")
     if cfg.backend.round_timeout <= 0:
         _fail("backend.round_timeout", cfg.backend.round_timeout, "a positive number of seconds")
+    supernodes = cfg.backend.num_supernodes
+    if supernodes is not None:
+        need = sampled_count(cfg.num_clients, cfg.fraction_train)
+        if not need <= supernodes <= cfg.num_clients:
+            _fail("backend.num_supernodes", supernodes,
+                  f"null (one per client) or an integer in [{need}, {cfg.num_clients}] "
+                  f"(at least the {need} clients sampled per round)")
     if cfg.faults.kind not in FAULT_KINDS:
         _fail("faults.kind", cfg.faults.kind, ", ".join(FAULT_KINDS))
     if not 0.0 <= cfg.faults.rate <= 1.0:
@@ -461,6 +480,14 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
     if san.every < 1:
         _fail("sanitizer.every", san.every, "an integer >= 1 (participations between re-examinations)")
     # --- epic checks
+    if not 0.0 < san.epic_fraction <= 1.0:
+        _fail("sanitizer.epic_fraction", san.epic_fraction, "a fraction of each class's samples in (0, 1]")
+    if san.epic_max_cluster < 0:
+        _fail("sanitizer.epic_max_cluster", san.epic_max_cluster, "an integer >= 0 (0 = drop nothing)")
+    if san.epic_min_class < 1:
+        _fail("sanitizer.epic_min_class", san.epic_min_class, "an integer >= 1 (samples a class needs to be examined)")
+    if san.epic_start_round < 1:
+        _fail("sanitizer.epic_start_round", san.epic_start_round, "a server round >= 1 (1 = from the start)")
     # --- ispl checks
     # --- confusion checks
 

@@ -94,6 +94,7 @@ class Recorder:
         self.flags = {"all": Counter(), "attack": Counter()}
         self.rejected: Counter = Counter()  # rejected replies by reason category
         self.elapsed_before = 0.0  # seconds spent before a resume
+        self.ray: dict[str, Any] | None = None  # runtime.ray_resources() at start (summary `ray`)
         self.started = time.perf_counter()
         if resume_round is None:
             (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -189,6 +190,7 @@ class Recorder:
             "rejected": dict(sorted(self.rejected.items())),
             "kept_previous_rounds": [r["round"] for r in self.rounds if r.get("kept_previous_model")],
             "sanitizer": self.sanitizer_summary(),
+            "ray": self.ray,
         })
 
     def state_dict(self) -> dict[str, Any]:

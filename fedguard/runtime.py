@@ -47,3 +47,19 @@ def set_threads(num_cpus: float) -> int:
         torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads
+
+
+def ray_resources() -> dict | None:
+    """What the Ray instance this process is attached to offers: nodes alive, CPUs, GPUs
+    (None outside Ray). Recorded in summary.json `ray`, e.g. to check that concurrent jobs
+    each got the cap `backend.init_args` set instead of the whole machine."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        total = ray.cluster_resources()
+        return {"nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                "num_cpus": float(total.get("CPU", 0.0)), "num_gpus": float(total.get("GPU", 0.0))}
+    except Exception:  # noqa: BLE001 - Ray not importable or not reachable
+        return None

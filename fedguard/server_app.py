@@ -6,6 +6,16 @@ same clients every run; the inner Flower strategy is shown only the sampled node
 `SampledGrid`. Node ids are random per run, so a handshake (one query message per node)
 first maps partition ids to node ids.
 
+Virtual clients (`backend.num_supernodes` set): the federation has that many SuperNodes and
+`num_clients` logical clients. Each round the sampled clients (sorted) are assigned to
+SuperNodes 0, 1, ... in order; the train message names the client ("partition-id") and
+carries its last reported `Context.state` (JSON, "resume-state"), which the ClientApp loads
+in place of the node's. So the engine, the Ray actors and the handshake scale with the
+SuperNodes, and the server keeps only each client's small JSON state (the stream cursor, a
+sanitiser's window). Flower's simulation engine polls every SuperNode for messages (cost
+O(SuperNodes x messages) per poll), which is what makes one SuperNode per client
+impractical beyond ~1,000 clients.
+
 Every reply goes through `strategies.validation.ReplyValidator` (the outermost strategy);
 sampled clients that did not answer within `backend.round_timeout` get a `missing` row.
 After each `checkpoint_every` rounds the state to continue is written atomically
@@ -29,7 +39,7 @@ from omegaconf import DictConfig
 
 from fedguard import checkpoint
 from fedguard.app_config import config_from_context
-from fedguard.client_app import RESUME_KEY, STATE_INFO_KEY
+from fedguard.client_app import PARTITION_KEY, RESUME_KEY, STATE_INFO_KEY
 from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
 from fedguard.attacks.backdoor import round_asr
 from fedguard.attacks.client import malicious_set, round_phase
@@ -37,8 +47,9 @@ from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
 from fedguard.recorder import Recorder
+from fedguard.runtime import ray_resources
 from fedguard.sanitizers import record_fields
-from fedguard.sampling import sample_partitions  # noqa: F401 (re-exported)
+from fedguard.sampling import sample_partitions, sampled_count
 from fedguard.training import evaluate
 from strategies import RoundNotes, build_strategy
 
@@ -88,7 +99,7 @@ def client_rows(replies: list[Message], partition_of: dict[int, int], notes: Rou
             info = msg.content.config_records.get("info", {})
             row.update(train_loss=metrics.get("train_loss"), num_examples=metrics.get("num-examples"),
                        client_train_s=metrics.get("train_s"), ray_node=info.get("ray-node"),
-                       device=info.get("device"))
+                       actor_pid=info.get("pid"), device=info.get("device"))
             row.update(record_fields(metrics))  # stream-poison / sanitiser counts (recorder only)
         row.update(notes.clients.get(node, {}))
         rows.append(row)
@@ -96,20 +107,32 @@ def client_rows(replies: list[Message], partition_of: dict[int, int], notes: Rou
 
 
 def with_client_states(messages: list[Message], partition_of: dict[int, int],
-                       states: dict[int, str]) -> list[Message]:
-    """Resumed run: each train message also carries its node's saved `Context.state`
-    (ConfigRecord key "resume-state"); the ClientApp applies it once, to a fresh node."""
+                       states: dict[int, str], virtual: bool = False) -> list[Message]:
+    """Each train message also carries its client's saved `Context.state` (ConfigRecord key
+    "resume-state"; the ClientApp applies it once, to a fresh node) and, with virtual
+    clients, the client it trains as ("partition-id")."""
     for msg in messages:
-        saved = states.get(partition_of.get(msg.metadata.dst_node_id))
-        if not saved:
+        partition = partition_of.get(msg.metadata.dst_node_id)
+        extra = {PARTITION_KEY: partition} if virtual else {}
+        if states.get(partition):
+            extra[RESUME_KEY] = states[partition]
+        if not extra:
             continue
         content = RecordDict(dict(msg.content.items()))  # messages share one RecordDict
         keys = list(msg.content.config_records.keys()) or ["config"]
         for key in keys:
             base = dict(msg.content.config_records[key]) if key in msg.content.config_records else {}
-            content[key] = ConfigRecord({**base, RESUME_KEY: saved})
+            content[key] = ConfigRecord({**base, **extra})
         msg.content = content
     return messages
+
+
+def round_assignment(sampled: list[int], node_of: dict[int, int], virtual: bool) -> dict[int, int]:
+    """partition id -> node id of this round's sampled clients: each client's own SuperNode,
+    or with virtual clients SuperNode i (the handshake's partition id i) for the i-th."""
+    if virtual:
+        return {p: node_of[i] for i, p in enumerate(sampled)}
+    return {p: node_of[p] for p in sampled}
 
 
 def reported_state(msg: Message) -> str | None:
@@ -160,15 +183,18 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     recorder = Recorder(run_dir, cfg, malicious=malicious_set(cfg), resume_round=resume_round)
     # the handshake waits for the Ray actors to start: never shorter than STARTUP_TIMEOUT_S
     node_of = handshake(grid, max(cfg.backend.round_timeout, STARTUP_TIMEOUT_S))
-    if sorted(node_of) != list(range(cfg.num_clients)):
+    virtual = cfg.backend.num_supernodes is not None
+    supernodes = cfg.backend.num_supernodes if virtual else cfg.num_clients
+    if sorted(node_of) != list(range(supernodes)):
         raise RuntimeError(
-            f"num_clients={cfg.num_clients} but the federation has {len(node_of)} SuperNodes "
+            f"expected {supernodes} SuperNodes (num_clients={cfg.num_clients}, backend.num_supernodes="
+            f"{cfg.backend.num_supernodes}) but the federation has {len(node_of)} "
             f"(partition ids {sorted(node_of)[:5]}...); with `flwr run` pass "
-            f"--federation-config 'num-supernodes={cfg.num_clients}'")
-    partition_of = {n: p for p, n in node_of.items()}
-    sampled_count = len(sample_partitions(cfg.num_clients, cfg.fraction_train, cfg.seed, 1))
+            f"--federation-config 'num-supernodes={supernodes}'")
+    recorder.ray = ray_resources()
     notes = RoundNotes()
-    strategy = build_strategy(cfg, sampled_count, notes, model=copy.deepcopy(model), data=data, device=device)
+    strategy = build_strategy(cfg, sampled_count(cfg.num_clients, cfg.fraction_train), notes,
+                              model=copy.deepcopy(model), data=data, device=device)
 
     def test_accuracy(arr: ArrayRecord) -> tuple[float, float]:
         return evaluate(arrays_to_model(model, arr).to(device), data.test.x, data.test.y, device)
@@ -188,10 +214,12 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
             notes.reset()
             t0 = time.perf_counter()
             sampled = sample_partitions(cfg.num_clients, cfg.fraction_train, cfg.seed, rnd)
-            view = SampledGrid(grid, [node_of[p] for p in sampled])
+            node_of_round = round_assignment(sampled, node_of, virtual)
+            partition_of = {n: p for p, n in node_of_round.items()}
+            view = SampledGrid(grid, list(node_of_round.values()))
             messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"lr": cfg.lr}), view))
-            if resume_round is not None:
-                messages = with_client_states(messages, partition_of, client_states)
+            if virtual or resume_round is not None:
+                messages = with_client_states(messages, partition_of, client_states, virtual)
             replies = list(grid.send_and_receive(messages, timeout=cfg.backend.round_timeout))
             # order-independent aggregation: replies sorted by partition id
             replies.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
@@ -220,7 +248,7 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
             if rnd == 1:
                 row["initial_accuracy"] = initial_acc
             replied = {partition_of.get(m.metadata.src_node_id) for m in replies}
-            missing = [{"partition_id": p, "node_id": node_of[p], "missing": True,
+            missing = [{"partition_id": p, "node_id": node_of_round[p], "missing": True,
                         "rejected": f"timeout: no reply within backend.round_timeout={cfg.backend.round_timeout}s"}
                        for p in sampled if p not in replied]
             rows = sorted(client_rows(replies, partition_of, notes) + missing,

@@ -53,7 +53,7 @@ def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
         app_dir = write_app_dir(Path(tmp), cfg)
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
         _run_simulation(
-            num_supernodes=cfg.num_clients,
+            num_supernodes=cfg.backend.num_supernodes or cfg.num_clients,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app=client_app,
             server_app=server_app,

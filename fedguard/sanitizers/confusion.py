@@ -1,0 +1,422 @@
+"""Confusion Training (Qi, Xie, Wang, Mittal, USENIX Security 2023), run by a client on its window.
+
+"Fight poison with poison": a model trained on the (poisoned) window while it is also trained
+on a small clean set whose labels are deliberately wrong ("confusion") loses the benign
+correlations (they are contradicted by the confusion batches), whereas a backdoor's
+trigger -> target shortcut is not contradicted by anything and stays fitted. The samples the
+confused model still fits are suspects; a per-class Gaussian test on its features decides.
+
+Algorithm, as in the reference code (`confusion_training.py`, `ct_cleanser.py`), with the
+constants rescaled for a window of ~300-1024 samples on a CPU (`confusion_` config fields):
+
+    base <- copy of the round's global model; D_0 <- the whole window
+    for k = 0 .. R-1 (R = `rounds`):
+      pretrain: `pretrain_epochs` epochs of SGD (lr `pretrain_lr`, momentum 0.9, wd 1e-4) of
+        `base` on D_k (last round: D_k plus the clean set with wrong labels; the reference adds
+        it with labels shifted by one); base carries over to the next round
+      confuse: m <- copy of base; `iters` SGD steps (lr `lr`, momentum 0.7, wd 1e-4), each on a
+        clean batch whose labels are re-drawn every time it is used, uniformly among the
+        classes other than its true one (`confusion_labels`); every `batch_factor`-th step
+        the clean batch is joined by a batch of D_k and the loss is
+            ((lambda - 1) * CE_confusion + CE_window) / lambda,
+        CE_window weighted per class by 1 / sqrt(frequency in D_k + 0.001) (uniform in the
+        last round), `class_balance_weights`; the other steps train on the clean batch alone
+      distill (k < R-1): D_{k+1} <- the `distill_ratio(k)` lowest-loss samples of the window
+        under m, plus for each class its floor(n_c / 50) lowest-loss samples
+        (`distill_indices`): the distilled set is poison-rich, it reinforces the backdoor
+        while the confusion batches erase the benign features
+    suspects <- the window samples the last confused model m classifies as their label
+    per class c (`identify_poisons`): the penultimate-layer features of m (input of the last
+    Linear layer) of the class's window samples, centred and projected on their top
+    `pca_dims` principal directions; Gaussian G0 fitted to the non-suspects, G1 to the
+    suspects; log-ratio = mean over the class of [log G_own(x) - log G0(x)] (one Gaussian,
+    that of the rest of the class, against two); the class's suspects are flagged when the
+    ratio exp(log-ratio) > `ratio_threshold`, or when it is the largest ratio of all classes
+    and > `max_ratio_threshold` (the reference's 2 and 1.5); otherwise nothing of the class is
+    flagged.
+    Degenerate classes: a class with fewer than 2 window samples, or one where the suspects
+    or the non-suspects number fewer than 2 (no covariance to fit), gets no Gaussian test:
+    its samples keep the confusion verdict (suspect = flagged). The reference passes such
+    classes (ratio 1), but in a non-IID window a backdoor's target class can be made of
+    poisons almost only, and passing it would let them all through.
+
+Deliberate departures from the reference: the constants (6 rounds, 100 pretraining epochs,
+2000-6000 confusion iterations of batch 32 on 50k samples, ratios 1/2 ... 1/100) are scaled
+down (`distill_ratio(k)` goes geometrically from `distill_first` to `distill_last`); the
+confusion labels are uniform among the wrong classes instead of the reference's
+(prediction + a cycling shift) % C, and avoid the clean sample's true label instead of the
+pretrained model's prediction (no extra forward pass); the PCA is an exact SVD (the
+reference's `torch.pca_lowrank` is randomised) and the covariance ridge is `cov_ridge` times
+the class's mean feature variance on the diagonal (the reference adds 0.001 to every entry,
+which is not scale-free and need not make the matrix regular).
+
+The clean set: the server holds a clean validation stream; a client is handed the first
+`clean_size` samples of it (`clean_set_from_config`). `from_config(san)` only sees the
+`sanitizer` node, so it leaves `clean` unset: whoever builds the sanitiser (the ClientApp)
+must set `sanitizer.clean = clean_set_from_config(cfg, san.confusion_clean_size)`, or build it
+with `ConfusionSanitizer.from_full_config(cfg)`, which does both. `select` refuses to run
+without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fedguard.sanitizers import STEPS
+from fedguard.sanitizers.window import WindowSanitizer
+
+WEIGHT_DECAY = 1e-4  # the reference's, both phases
+PRETRAIN_MOMENTUM, CONFUSION_MOMENTUM = 0.9, 0.7  # the reference's
+CLASS_FLOOR_DIV = 50  # distillation keeps at least n_c // 50 samples of each class (the reference's rate_factor)
+EVAL_BATCH = 512
+
+
+# --------------------------------------------------------------------------- pure pieces
+def confusion_labels(y: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
+    """Wrong labels for a clean batch: for each sample, a class drawn uniformly among the
+    `num_classes - 1` classes other than its label y (on y's device; drawn with `generator`)."""
+    if num_classes < 2:
+        raise ValueError(f"confusion needs at least 2 classes, got {num_classes}")
+    shift = torch.randint(1, num_classes, (len(y),), generator=generator, device=generator.device)
+    return (y + shift.to(y.device)) % num_classes
+
+
+def class_balance_weights(y: Tensor, num_classes: int) -> Tensor:
+    """Per-class weights of the window part of the confusion loss: 1 / sqrt(f_c + 0.001), with
+    f_c the fraction of `y` in class c (the reference's `freq_of_each_class`)."""
+    counts = torch.bincount(y.long().cpu(), minlength=num_classes)[:num_classes].double()
+    freq = counts / max(1, len(y))
+    return (1.0 / torch.sqrt(freq + 0.001)).float()
+
+
+def weighted_mean(losses: Tensor, y: Tensor, weights: Tensor) -> Tensor:
+    """sum_i w_{y_i} l_i / sum_i w_{y_i}."""
+    w = weights.to(losses.device)[y]
+    return (w * losses).sum() / w.sum()
+
+
+def distill_ratios(rounds: int, first: float, last: float) -> list[float]:
+    """The fraction of the window kept after confusion round k = 0 .. rounds-2: geometric
+    from `first` to `last` (one value `first` when rounds == 2; none when rounds == 1)."""
+    n = rounds - 1
+    if n <= 0:
+        return []
+    if n == 1:
+        return [float(first)]
+    return [float(first * (last / first) ** (k / (n - 1))) for k in range(n)]
+
+
+def distill_indices(loss: np.ndarray, y: np.ndarray, ratio: float, num_classes: int,
+                    floor_div: int = CLASS_FLOOR_DIV) -> np.ndarray:
+    """Sorted indices of the distilled set: the round(ratio * N) (at least 1) lowest-loss
+    samples, plus, for each class c, its floor(n_c / floor_div) lowest-loss samples (ties
+    broken by index)."""
+    loss, y = np.asarray(loss, dtype=np.float64), np.asarray(y)
+    order = np.argsort(loss, kind="stable")
+    keep = set(order[:max(1, int(round(ratio * len(loss))))].tolist())
+    for c in range(num_classes):
+        in_c = order[y[order] == c]
+        keep.update(in_c[:len(in_c) // floor_div].tolist())
+    return np.array(sorted(keep), dtype=np.int64)
+
+
+def low_rank(feats: np.ndarray, dims: int) -> np.ndarray:
+    """`feats` (n, d) centred and projected on their top `dims` principal directions (exact
+    SVD; fewer columns when n or d is smaller)."""
+    feats = np.asarray(feats, dtype=np.float64)
+    centred = feats - feats.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    k = min(dims, vt.shape[0])
+    return centred @ vt[:k].T
+
+
+def gaussian_logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """log N(x_i; mean, cov) for each row of x (cov symmetric positive definite)."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    d = x.shape[1]
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, (x - mean).T)  # (d, n)
+    maha = (z ** 2).sum(axis=0)
+    logdet = 2.0 * np.log(np.diag(chol)).sum()
+    return -0.5 * (d * math.log(2 * math.pi) + logdet + maha)
+
+
+def log_likelihood_ratio(proj: np.ndarray, suspect: np.ndarray, ridge: float = 1e-3) -> float | None:
+    """The reference's 2-vs-1 Gaussian test on one class's low-rank features `proj` (n, k),
+    split by the confused model into suspects (`suspect` True) and the rest:
+    mean_i [log N(x_i; own side's Gaussian) - log N(x_i; the rest's Gaussian)].
+    Each side's Gaussian: its sample mean and covariance (ddof 1) plus `ridge` times the
+    class's mean feature variance on the diagonal. None when a side has fewer than 2 samples."""
+    proj = np.asarray(proj, dtype=np.float64)
+    suspect = np.asarray(suspect, dtype=bool)
+    n, k = proj.shape
+    if suspect.sum() < 2 or (~suspect).sum() < 2:
+        return None
+    scale = proj.var(axis=0, ddof=1).mean() if n > 1 else 0.0
+    reg = ridge * (scale if scale > 0 else 1.0) * np.eye(k)
+
+    def fit(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return part.mean(axis=0), np.atleast_2d(np.cov(part.T, ddof=1)) + reg
+
+    mu0, cov0 = fit(proj[~suspect])
+    mu1, cov1 = fit(proj[suspect])
+    inside = proj[suspect]  # the rest score the same under both models
+    gain = gaussian_logpdf(inside, mu1, cov1) - gaussian_logpdf(inside, mu0, cov0)
+    return float(gain.sum() / n)
+
+
+def identify_poisons(feats: np.ndarray, y: np.ndarray, suspect: np.ndarray, num_classes: int,
+                     dims: int = 2, ridge: float = 1e-3, threshold: float = 2.0,
+                     max_threshold: float = 1.5) -> tuple[np.ndarray, dict[int, float | None]]:
+    """(flagged mask, {class: likelihood ratio or None}) from the confused model's features
+    `feats` (n, d), labels `y` and its verdict `suspect` (fits the label).
+
+    Per class: flag its suspects when ratio > `threshold`, or when it is the largest ratio of
+    all classes and > `max_threshold`; pass the class otherwise. A class that cannot be tested
+    (fewer than 2 samples, or fewer than 2 on either side of the split; ratio None) keeps the
+    confusion verdict: its suspects are flagged."""
+    y, suspect = np.asarray(y), np.asarray(suspect, dtype=bool)
+    feats = np.asarray(feats, dtype=np.float64).reshape(len(y), -1)
+    flagged = np.zeros(len(y), dtype=bool)
+    ratios: dict[int, float | None] = {}
+    for c in range(num_classes):
+        idx = np.flatnonzero(y == c)
+        if len(idx) == 0:
+            continue
+        llr = None
+        if len(idx) >= 2:
+            llr = log_likelihood_ratio(low_rank(feats[idx], dims), suspect[idx], ridge)
+        ratios[c] = None if llr is None else math.exp(min(llr, 700.0))
+    tested = [r for r in ratios.values() if r is not None]
+    top = max(tested) if tested else None
+    for c, ratio in ratios.items():
+        idx = np.flatnonzero(y == c)
+        if ratio is None or ratio > threshold or (ratio == top and ratio > max_threshold):
+            flagged[idx] = suspect[idx]
+    return flagged, ratios
+
+
+def fitted(logp: Tensor, y: Tensor, prior_correction: bool = True) -> Tensor:
+    """Which samples the model fits: argmax_c logp[i, c] == y_i; with `prior_correction`, the
+    argmax of logp[i, c] - mean_j logp[j, c] (each class's mean log-probability over the
+    batch removed), so that a near-uniform model's constant bias towards one class does not
+    count as fitting every sample of that class."""
+    if prior_correction and len(logp) > 1:
+        logp = logp - logp.mean(dim=0, keepdim=True)
+    return logp.argmax(dim=1) == y
+
+
+# --------------------------------------------------------------------------- model helpers
+def _last_linear(model: nn.Module) -> nn.Linear | None:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, y: Tensor, features: bool = False
+            ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(per-sample CE, log-probabilities, penultimate features or None) in eval mode; the
+    features are the input of the model's last Linear layer (the logits when it has none)."""
+    captured: list[Tensor] = []
+    hook = None
+    last = _last_linear(model) if features else None
+    if last is not None:
+        hook = last.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach().flatten(1)))
+    was_training = model.training
+    model.eval()
+    losses, preds, logits_all = [], [], []
+    try:
+        for s in range(0, len(y), EVAL_BATCH):
+            logits = model(x[s:s + EVAL_BATCH])
+            losses.append(F.cross_entropy(logits, y[s:s + EVAL_BATCH], reduction="none"))
+            preds.append(F.log_softmax(logits, dim=1))
+            logits_all.append(logits)
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.train(was_training)
+    feats = None
+    if features:
+        feats = torch.cat(captured) if last is not None else torch.cat(logits_all)
+    return torch.cat(losses), torch.cat(preds), feats
+
+
+def clean_set_from_config(cfg, size: int | None = None) -> tuple[Tensor, Tensor]:
+    """The first `size` (default `cfg.sanitizer.confusion_clean_size`) samples of the server's
+    clean validation split (`fedguard.data.sources.splits_from_config(cfg).val`), as
+    (float32 x, int64 y) CPU tensors."""
+    from fedguard.data.sources import splits_from_config  # local: data loading stays lazy
+
+    if size is None:
+        size = int(cfg.sanitizer.confusion_clean_size)
+    val = splits_from_config(cfg).val
+    size = min(int(size), len(val))
+    x = torch.from_numpy(np.ascontiguousarray(val.x[:size])).float()
+    y = torch.from_numpy(np.ascontiguousarray(val.y[:size])).long()
+    return x, y
+
+
+# --------------------------------------------------------------------------- the sanitiser
+class ConfusionSanitizer(WindowSanitizer):
+    name = "confusion"
+    state_key = "confusion"
+
+    def __init__(self, window: int = 1024, every: int = 1, clean_size: int = 200, rounds: int = 3,
+                 pretrain_epochs: int = 1, iters: int = 40, batch_size: int = 64, lam: float = 20.0,
+                 batch_factor: int = 2, lr: float = 0.01, pretrain_lr: float = 0.01,
+                 distill_first: float = 0.5, distill_last: float = 0.2, pca_dims: int = 2,
+                 cov_ridge: float = 1e-3, ratio_threshold: float = 2.0, max_ratio_threshold: float = 1.5,
+                 prior_correction: bool = True, clean: tuple[Tensor, Tensor] | None = None):
+        super().__init__(window, every)
+        if rounds < 1 or iters < 0 or pretrain_epochs < 0 or batch_size < 1 or batch_factor < 1:
+            raise ValueError("confusion: rounds, batch_size, batch_factor >= 1 and iters, pretrain_epochs >= 0")
+        if lam <= 1.0:
+            raise ValueError(f"confusion: lambda must be > 1, got {lam}")
+        self.clean_size, self.rounds, self.pretrain_epochs = int(clean_size), int(rounds), int(pretrain_epochs)
+        self.iters, self.batch_size, self.lam = int(iters), int(batch_size), float(lam)
+        self.batch_factor, self.lr, self.pretrain_lr = int(batch_factor), float(lr), float(pretrain_lr)
+        self.distill_first, self.distill_last = float(distill_first), float(distill_last)
+        self.pca_dims, self.cov_ridge = int(pca_dims), float(cov_ridge)
+        self.ratio_threshold, self.max_ratio_threshold = float(ratio_threshold), float(max_ratio_threshold)
+        self.prior_correction = bool(prior_correction)
+        self.clean = clean  # (x, y): a small clean set; the ClientApp sets it (clean_set_from_config)
+        self.last_ratios: dict[int, float | None] = {}  # per class, of the last select (diagnostics)
+
+    @classmethod
+    def from_config(cls, san) -> ConfusionSanitizer:
+        """From the `sanitizer` node alone: `clean` stays None and must be set before use."""
+        return cls(san.window, san.every, san.confusion_clean_size, san.confusion_rounds,
+                   san.confusion_pretrain_epochs, san.confusion_iters, san.confusion_batch_size,
+                   san.confusion_lambda, san.confusion_batch_factor, san.confusion_lr,
+                   san.confusion_pretrain_lr, san.confusion_distill_first, san.confusion_distill_last,
+                   san.confusion_pca_dims, san.confusion_cov_ridge, san.confusion_ratio_threshold,
+                   san.confusion_max_ratio_threshold)
+
+    @classmethod
+    def from_full_config(cls, cfg) -> ConfusionSanitizer:
+        """From the whole run config: `from_config(cfg.sanitizer)` with its clean set, the first
+        `confusion_clean_size` samples of the server's validation split."""
+        san = cls.from_config(cfg.sanitizer)
+        san.clean = clean_set_from_config(cfg, san.clean_size)
+        return san
+
+    # ------------------------------------------------------------------ training pieces
+    @staticmethod
+    def _epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[Tensor]:
+        chunks = list(torch.randperm(n, generator=gen).split(batch_size))
+        if len(chunks) > 1 and len(chunks[-1]) == 1:  # no batch of one (BatchNorm in train mode)
+            chunks[-2:] = [torch.cat(chunks[-2:])]
+        return chunks
+
+    def _pretrain(self, model: nn.Module, x: Tensor, y: Tensor, xc: Tensor | None, yc: Tensor | None,
+                  num_classes: int, gen: torch.Generator) -> int:
+        """`pretrain_epochs` epochs of plain SGD on (x, y) (plus the clean set with wrong labels,
+        re-drawn each epoch, when xc is given). Returns the steps taken."""
+        if self.pretrain_epochs == 0 or self.pretrain_lr == 0:
+            return 0
+        opt = torch.optim.SGD(model.parameters(), lr=self.pretrain_lr, momentum=PRETRAIN_MOMENTUM,
+                              weight_decay=WEIGHT_DECAY)
+        model.train()
+        steps = 0
+        for _ in range(self.pretrain_epochs):
+            xe, ye = x, y
+            if xc is not None:
+                xe = torch.cat([x, xc])
+                ye = torch.cat([y, confusion_labels(yc, num_classes, gen)])
+            for b in self._epoch_batches(len(ye), self.batch_size, gen):
+                b = b.to(ye.device)
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xe[b]), ye[b]).backward()
+                opt.step()
+                steps += 1
+        return steps
+
+    def _confuse(self, model: nn.Module, x: Tensor, y: Tensor, xc: Tensor, yc: Tensor, weights: Tensor,
+                 num_classes: int, gen: torch.Generator) -> int:
+        """`iters` confusion steps (see the module docstring). Returns the steps taken."""
+        if self.iters == 0:
+            return 0
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=CONFUSION_MOMENTUM,
+                              weight_decay=WEIGHT_DECAY)
+        model.train()
+        clean_batches: list[Tensor] = []
+        win_batches: list[Tensor] = []
+        for it in range(self.iters):
+            if not clean_batches:
+                clean_batches = self._epoch_batches(len(yc), self.batch_size, gen)
+            cb = clean_batches.pop(0).to(yc.device)
+            xs, ys = xc[cb], confusion_labels(yc[cb], num_classes, gen)
+            opt.zero_grad(set_to_none=True)
+            if it % self.batch_factor == 0 and len(y):
+                if not win_batches:
+                    win_batches = self._epoch_batches(len(y), self.batch_size, gen)
+                wb = win_batches.pop(0).to(y.device)
+                out = model(torch.cat([xs, x[wb]]))
+                loss_conf = F.cross_entropy(out[:len(cb)], ys)
+                loss_win = weighted_mean(F.cross_entropy(out[len(cb):], y[wb], reduction="none"), y[wb], weights)
+                loss = ((self.lam - 1.0) * loss_conf + loss_win) / self.lam
+            else:
+                loss = F.cross_entropy(model(xs), ys)
+            loss.backward()
+            opt.step()
+        return self.iters
+
+    # ------------------------------------------------------------------ select
+    def confused_model(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int,
+                       gen: torch.Generator) -> tuple[nn.Module, int]:
+        """The last round's confused model (a trained copy of `model`) and the SGD steps taken."""
+        xc, yc = (t.to(x.device) for t in self.clean)
+        yc = yc.long()
+        ratios = distill_ratios(self.rounds, self.distill_first, self.distill_last)
+        base = copy.deepcopy(model)
+        for p in base.parameters():
+            p.grad = None
+        distilled = torch.arange(len(y), device=y.device)
+        steps = 0
+        confused = base
+        for k in range(self.rounds):
+            last = k == self.rounds - 1
+            xd, yd = x[distilled], y[distilled]
+            steps += self._pretrain(base, xd, yd, xc if last else None, yc if last else None, num_classes, gen)
+            confused = copy.deepcopy(base)
+            weights = torch.ones(num_classes) if last else class_balance_weights(yd, num_classes)
+            steps += self._confuse(confused, xd, yd, xc, yc, weights, num_classes, gen)
+            if not last:
+                loss, _, _ = predict(confused, x, y)
+                keep = distill_indices(loss.cpu().numpy(), y.cpu().numpy(), ratios[k], num_classes)
+                distilled = torch.from_numpy(keep).to(y.device)
+        return confused, steps
+
+    def select(self, model: nn.Module, x: Tensor, y: Tensor, ids: np.ndarray) -> Tensor:
+        if self.clean is None:
+            raise RuntimeError("confusion: no clean set; set `sanitizer.clean = clean_set_from_config(cfg, size)` "
+                               "or build it with ConfusionSanitizer.from_full_config(cfg)")
+        device = next(model.parameters()).device
+        x, y = x.to(device), y.to(device).long()
+        if len(y) == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            num_classes = int(model(x[:1]).shape[1])
+            model.train(was_training)
+        seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG: deterministic under torch.manual_seed
+        gen = torch.Generator().manual_seed(seed)
+        with torch.enable_grad():
+            confused, steps = self.confused_model(model, x, y, num_classes, gen)
+        self.stats[STEPS] = self.stats.get(STEPS, 0) + steps
+        _, logp, feats = predict(confused, x, y, features=True)
+        suspect = fitted(logp, y, self.prior_correction).cpu().numpy()
+        flagged, self.last_ratios = identify_poisons(
+            feats.double().cpu().numpy(), y.cpu().numpy(), suspect, num_classes, self.pca_dims, self.cov_ridge,
+            self.ratio_threshold, self.max_ratio_threshold)
+        return torch.from_numpy(flagged)
