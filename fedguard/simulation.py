@@ -20,11 +20,16 @@ from fedguard.config import flatten, flwr_app_config_toml
 
 
 def backend_config(cfg: DictConfig) -> dict:
-    """Flower's backend_config from `cfg.backend` (None values left out)."""
+    """Flower's backend_config from `cfg.backend` (None values left out).
+
+    Without an address the run starts its own Ray instance (`address="local"`): a bare
+    `ray.init()` would attach to any cluster already running on the machine (a `ray start`
+    head, or another job's instance) and then refuse the `num_cpus` cap."""
     res = cfg.backend.client_resources
     init = {k: v for k, v in cfg.backend.init_args.items() if v is not None}
-    if "address" not in init and "num_cpus" not in init:
-        init["num_cpus"] = os.cpu_count() or 1  # explicit: never let Ray guess
+    if "address" not in init:
+        init["address"] = "local"
+        init.setdefault("num_cpus", os.cpu_count() or 1)  # explicit: never let Ray guess
     return {"client_resources": {"num_cpus": float(res.num_cpus), "num_gpus": float(res.num_gpus)},
             "init_args": init}
 

@@ -70,6 +70,12 @@ def test_attach_to_a_head_started_with_ray_start(tmp_path):
         assert summary["rounds"] == 2
         assert summary["ray"] == {"nodes": 1, "num_cpus": 2.0, "num_gpus": 0.0}  # the head's, not ray.init's own
         assert len(read_jsonl(run / "clients.jsonl")) == 6
+        # a job without an address starts its own capped instance, never joins the running head
+        own = tmp_path / "own"
+        proc = fedguard("run", "num_clients=2", "rounds=1", "local_steps=3", "progress=false",
+                        "backend.init_args.num_cpus=1", f"hydra.run.dir={own}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((own / "summary.json").read_text())["ray"]["num_cpus"] == 1.0
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
         head.wait(timeout=120)
@@ -125,3 +131,24 @@ def test_losing_a_worker_node_mid_run_finishes_and_accounts_for_every_client(tmp
         assert late and {r["ray_node"] for r in late} == {workers[0].node_id}
     finally:
         cluster.shutdown()
+
+
+def test_concurrent_multiruns_share_the_machine_within_their_caps(tmp_path):
+    """Two Hydra multiruns at once on this machine, each capped at one CPU: every job gets its
+    own Ray instance of exactly that size and a single client actor (the pitfall: each job
+    building an actor pool over all the machine's cores)."""
+    sweeps = [tmp_path / "a", tmp_path / "b"]
+    procs = [subprocess.Popen([sys.executable, "-m", "fedguard.cli", "run", "-m", seeds, "num_clients=2", "rounds=2",
+                               "local_steps=3", "progress=false", "backend.init_args.num_cpus=1",
+                               f"hydra.sweep.dir={sweep}"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for seeds, sweep in zip(("seed=0,1", "seed=2,3"), sweeps)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+    jobs = sorted(p.parent for sweep in sweeps for p in sweep.glob("*/summary.json"))
+    assert len(jobs) == 4
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["ray"] == {"nodes": 1, "num_cpus": 1.0, "num_gpus": 0.0}, job
+        assert len({c["actor_pid"] for c in read_jsonl(job / "clients.jsonl")}) == 1, job

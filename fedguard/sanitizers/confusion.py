@@ -202,14 +202,14 @@ def identify_poisons(feats: np.ndarray, y: np.ndarray, suspect: np.ndarray, num_
     return flagged, ratios
 
 
-def fitted(logp: Tensor, y: Tensor, prior_correction: bool = True) -> Tensor:
-    """Which samples the model fits: argmax_c logp[i, c] == y_i; with `prior_correction`, the
-    argmax of logp[i, c] - mean_j logp[j, c] (each class's mean log-probability over the
-    batch removed), so that a near-uniform model's constant bias towards one class does not
-    count as fitting every sample of that class."""
-    if prior_correction and len(logp) > 1:
-        logp = logp - logp.mean(dim=0, keepdim=True)
-    return logp.argmax(dim=1) == y
+def fitted(logp: Tensor, y: Tensor, min_prob: float = 0.0) -> Tensor:
+    """Which samples a model fits: its prediction is the label (argmax_c logp[i, c] == y_i)
+    and, with `min_prob` > 0, it gives the label a probability > `min_prob` (a near-uniform
+    model's argmax is noise: confidence tells the samples it still really fits)."""
+    ok = logp.argmax(dim=1) == y
+    if min_prob > 0:
+        ok &= logp.gather(1, y[:, None])[:, 0] > math.log(min_prob)
+    return ok
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -271,23 +271,23 @@ class ConfusionSanitizer(WindowSanitizer):
     state_key = "confusion"
 
     def __init__(self, window: int = 1024, every: int = 1, clean_size: int = 200, rounds: int = 3,
-                 pretrain_epochs: int = 1, iters: int = 40, batch_size: int = 64, lam: float = 20.0,
+                 pretrain_steps: int = 48, iters: int = 40, batch_size: int = 64, lam: float = 20.0,
                  batch_factor: int = 2, lr: float = 0.01, pretrain_lr: float = 0.01,
                  distill_first: float = 0.5, distill_last: float = 0.2, pca_dims: int = 2,
                  cov_ridge: float = 1e-3, ratio_threshold: float = 2.0, max_ratio_threshold: float = 1.5,
-                 prior_correction: bool = True, clean: tuple[Tensor, Tensor] | None = None):
+                 fit_prob: float = 0.5, clean: tuple[Tensor, Tensor] | None = None):
         super().__init__(window, every)
-        if rounds < 1 or iters < 0 or pretrain_epochs < 0 or batch_size < 1 or batch_factor < 1:
-            raise ValueError("confusion: rounds, batch_size, batch_factor >= 1 and iters, pretrain_epochs >= 0")
+        if rounds < 1 or iters < 0 or pretrain_steps < 0 or batch_size < 1 or batch_factor < 1:
+            raise ValueError("confusion: rounds, batch_size, batch_factor >= 1 and iters, pretrain_steps >= 0")
         if lam <= 1.0:
             raise ValueError(f"confusion: lambda must be > 1, got {lam}")
-        self.clean_size, self.rounds, self.pretrain_epochs = int(clean_size), int(rounds), int(pretrain_epochs)
+        self.clean_size, self.rounds, self.pretrain_steps = int(clean_size), int(rounds), int(pretrain_steps)
         self.iters, self.batch_size, self.lam = int(iters), int(batch_size), float(lam)
         self.batch_factor, self.lr, self.pretrain_lr = int(batch_factor), float(lr), float(pretrain_lr)
         self.distill_first, self.distill_last = float(distill_first), float(distill_last)
         self.pca_dims, self.cov_ridge = int(pca_dims), float(cov_ridge)
         self.ratio_threshold, self.max_ratio_threshold = float(ratio_threshold), float(max_ratio_threshold)
-        self.prior_correction = bool(prior_correction)
+        self.fit_prob = float(fit_prob)
         self.clean = clean  # (x, y): a small clean set; the ClientApp sets it (clean_set_from_config)
         self.last_ratios: dict[int, float | None] = {}  # per class, of the last select (diagnostics)
 
@@ -295,7 +295,7 @@ class ConfusionSanitizer(WindowSanitizer):
     def from_config(cls, san) -> ConfusionSanitizer:
         """From the `sanitizer` node alone: `clean` stays None and must be set before use."""
         return cls(san.window, san.every, san.confusion_clean_size, san.confusion_rounds,
-                   san.confusion_pretrain_epochs, san.confusion_iters, san.confusion_batch_size,
+                   san.confusion_pretrain_steps, san.confusion_iters, san.confusion_batch_size,
                    san.confusion_lambda, san.confusion_batch_factor, san.confusion_lr,
                    san.confusion_pretrain_lr, san.confusion_distill_first, san.confusion_distill_last,
                    san.confusion_pca_dims, san.confusion_cov_ridge, san.confusion_ratio_threshold,
@@ -319,20 +319,20 @@ class ConfusionSanitizer(WindowSanitizer):
 
     def _pretrain(self, model: nn.Module, x: Tensor, y: Tensor, xc: Tensor | None, yc: Tensor | None,
                   num_classes: int, gen: torch.Generator) -> int:
-        """`pretrain_epochs` epochs of plain SGD on (x, y) (plus the clean set with wrong labels,
-        re-drawn each epoch, when xc is given). Returns the steps taken."""
-        if self.pretrain_epochs == 0 or self.pretrain_lr == 0:
+        """`pretrain_steps` steps of plain SGD on shuffled epochs of (x, y) (plus the clean set
+        with wrong labels, re-drawn each epoch, when xc is given). Returns the steps taken."""
+        if self.pretrain_steps == 0 or self.pretrain_lr == 0 or len(y) == 0:
             return 0
         opt = torch.optim.SGD(model.parameters(), lr=self.pretrain_lr, momentum=PRETRAIN_MOMENTUM,
                               weight_decay=WEIGHT_DECAY)
         model.train()
         steps = 0
-        for _ in range(self.pretrain_epochs):
+        while steps < self.pretrain_steps:
             xe, ye = x, y
             if xc is not None:
                 xe = torch.cat([x, xc])
                 ye = torch.cat([y, confusion_labels(yc, num_classes, gen)])
-            for b in self._epoch_batches(len(ye), self.batch_size, gen):
+            for b in self._epoch_batches(len(ye), self.batch_size, gen)[:self.pretrain_steps - steps]:
                 b = b.to(ye.device)
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(xe[b]), ye[b]).backward()
@@ -415,7 +415,7 @@ class ConfusionSanitizer(WindowSanitizer):
             confused, steps = self.confused_model(model, x, y, num_classes, gen)
         self.stats[STEPS] = self.stats.get(STEPS, 0) + steps
         _, logp, feats = predict(confused, x, y, features=True)
-        suspect = fitted(logp, y, self.prior_correction).cpu().numpy()
+        suspect = fitted(logp, y, self.fit_prob).cpu().numpy()
         flagged, self.last_ratios = identify_poisons(
             feats.double().cpu().numpy(), y.cpu().numpy(), suspect, num_classes, self.pca_dims, self.cov_ridge,
             self.ratio_threshold, self.max_ratio_threshold)

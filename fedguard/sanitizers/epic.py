@@ -27,6 +27,19 @@ its own id range `offset_c .. offset_c + k_c - 1`, offsets the running sum of th
 The paper's subset sizes (0.1-0.3 of 50k samples) are fractions, so they carry over to a
 1024-sample window unchanged: the mean cluster size is 1 / epic_fraction either way.
 
+Departures from the reference code (github YuYang0901/EPIC), deliberate:
+- budgets: round-half-up per class, deterministic (the reference takes the ceiling of each
+  class's share of the total and then removes one from random classes to hit the total);
+- similarity: max(D) - D, a constant minus the distance as in CRAIG, on which EPIC builds
+  (the submodlib dense Euclidean kernel the reference calls is, in the versions we read,
+  exp(-D / d), d = the proxy dimension: nearly affine in D over the proxies' range [0, 2]);
+  with any sim = const - D (const >= max D) the greedy picks the same medoids in the same
+  order, so the constant is immaterial;
+- assignment: every sample joins its nearest medoid (the reference leaves samples with zero
+  similarity to every medoid, i.e. at the class's largest distance, unassigned: dropped);
+- a cluster that is its whole class is never dropped, and classes under `epic_min_class`
+  are skipped (below).
+
 Small classes. A class with fewer than `epic_min_class` samples in the window (default 3) is
 left alone: with one sample it is trivially an isolated cluster, and dropping it would delete
 the rare honest classes of a non-IID client rather than poisons.
@@ -39,6 +52,15 @@ participations as runs).
 Cost: one forward pass over the window, then per class O(n_c^2) memory and time (distances,
 similarities) plus the greedy, whose gain vector is updated after each pick from the rows
 that pick improved only (a few hundred ms for a 1024-sample class on one CPU thread).
+
+Where it falls short. EPIC targets poisons that are each isolated (the clean-label, per-sample
+optimised poisons of the paper). Dirty-label poisons at a few percent of a window (BadNets,
+blend, label flips) come in groups: every poison of one (true class, label) pair has nearly
+the same proxy (~ onehot(true) - onehot(label) while the model has not learnt the poison), so
+a 1024-sample window at 5% holds groups of ~5; they form clusters of several members that
+survive epic_max_cluster = 1 (a larger epic_max_cluster catches them, at the price of the
+clean samples in small clusters). Once the global model has learnt a backdoor its poisons sit
+with the clean samples of the target class and nothing here separates them.
 """
 
 from __future__ import annotations
@@ -165,7 +187,9 @@ class EPICSanitizer(WindowSanitizer):
             raise ValueError(f"epic fraction must be in (0, 1], got {fraction}")
         self.fraction, self.max_cluster = float(fraction), int(max_cluster)
         self.min_class, self.start_round = int(min_class), int(start_round)
-        self._round = 0
+        if max_cluster < 0 or min_class < 1:
+            raise ValueError(f"epic max_cluster ({max_cluster}) must be >= 0 and min_class ({min_class}) >= 1")
+        self._round: int | None = None  # the server round (begin_round); None: select always runs
 
     @classmethod
     def from_config(cls, san) -> EPICSanitizer:
@@ -187,7 +211,7 @@ class EPICSanitizer(WindowSanitizer):
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor, ids: np.ndarray) -> Tensor:
-        if self._round < self.start_round or len(y) == 0:
+        if (self._round is not None and self._round < self.start_round) or len(y) == 0:
             return torch.zeros(len(y), dtype=torch.bool)
         g = self.proxies(model, x, y)
         cluster, _ = epic_clusters(g, y, self.fraction, self.min_class)

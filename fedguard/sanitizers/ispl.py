@@ -222,7 +222,9 @@ class WeakLearner:
         return self
 
     def losses(self, f: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(self.logits(f), y, reduction="none")
+        """Per-sample cross-entropy, in float64: confidently fitted samples would all tie at
+        exactly 0 in float32, which would make the quantile trimming keep all of them."""
+        return F.cross_entropy(self.logits(f).double(), y, reduction="none")
 
     def predict(self, f: Tensor) -> Tensor:
         return self.logits(f).argmax(1)
