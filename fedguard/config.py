@@ -23,9 +23,10 @@ from fedguard.sampling import sampled_count
 
 DATASETS = ("digits", "mnist", "cifar10", "synthetic", "hub")
 MODELS = ("mlp", "cnn", "resnet18")
-DEFENSES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "clipping", "mddsc")
+DEFENSES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "clipping", "mddsc",
+            "epic_updates")
 PARTITIONERS = ("iid", "dirichlet", "shards")
-WRAPPER_DEFENSES = ("clipping", "mddsc")
+WRAPPER_DEFENSES = ("clipping", "mddsc", "epic_updates")
 MD_REFERENCES = ("lag", "oldest", "all")
 MD_THRESHOLDS = ("robust", "schedule")
 MD_CORRECTIONS = ("scale", "pgd", "drop")
@@ -69,6 +70,9 @@ class HistoryConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16
     reference: str = "lag"  # lag (k snapshots back) | oldest | all (mean over snapshots)
     lag: int = 1  # snapshots back from the newest (0: the global the clients start from); 1 measured best on MNIST
+    # keep each snapshot in a file under <run_dir>/history (a temporary directory when run_dir is
+    # null), only (round, path) in memory; evicted files are deleted. For large models / long histories
+    spill: bool = False
 
 
 @dataclass
@@ -100,7 +104,10 @@ class DefenseConfig:
     multikrum_select: int | None = None  # m for multikrum; None -> n - f
     clip_norm: float | None = None  # clipping: fixed bound; None -> median of update norms
     clip_multiplier: float = 1.0  # clipping: bound = multiplier * median norm
+    epic_fraction: float = 0.1  # epic_updates (server-side adaptation): medoids = max(2, round(fraction * replies))
+    epic_max_cluster: int = 1  # epic_updates: drop updates in clusters of at most this many
     val_batch: int = 256  # mddsc: server validation samples scored per round
+    score_chunk: int | None = None  # mddsc: candidate models per vmap call when scoring (null = all at once; bounds peak activation memory)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
@@ -215,6 +222,17 @@ class SanitizerConfig:
     epic_min_class: int = 3  # epic: classes with fewer samples in the window are left alone
     epic_start_round: int = 5  # epic: select nothing before this server round (warm-up: early models' gradients are noise)
     # --- ispl fields
+    ispl_bags: int = 3  # ispl: independent ISPL runs over the window (the paper's 3)
+    ispl_clusters: int = 8  # ispl: at most this many clusters (weak learners) per run (the paper's alpha)
+    ispl_cluster_frac: float = 0.12  # ispl: target cluster size as a fraction of the window (paper 0.96/alpha)
+    ispl_expansion: float = 0.25  # ispl: share of the current subset each refit trains on (paper 1/beta)
+    ispl_min_active: float = 0.04  # ispl: a run stops when at most this fraction of the window is left (paper 2000/50k)
+    ispl_min_per_class: int = 2  # ispl: floor of the cluster size and stop size: this many samples per present class
+    ispl_min_votes: int = 2  # ispl: kept if the plurality vote is the label with at least this many votes
+    ispl_min_share: float = 0.1  # ispl: also kept if this share of the learners not trained on it name its label (0 = paper's rule)
+    ispl_steps: int = 40  # ispl: full-batch Adam steps of a fresh weak-learner fit (refits: half; core fit: double)
+    ispl_lr: float = 0.1  # ispl: Adam learning rate of the weak learners (softmax regression on global-model features)
+    ispl_spl_iters: int = 4  # ispl: self-paced refinement iterations after the vote (paper 20; 0 = vote only)
     # --- confusion fields
 
 
@@ -285,8 +303,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("defense", defense.name, ", ".join(DEFENSES))
     if defense.name in WRAPPER_DEFENSES:
         inner_allowed = [d for d in DEFENSES if d not in WRAPPER_DEFENSES]
-        if defense.name == "mddsc":
-            inner_allowed.append("clipping")  # mddsc over norm clipping (over fedavg)
+        if defense.name in ("mddsc", "epic_updates"):
+            inner_allowed.append("clipping")  # over norm clipping (over fedavg)
         if defense.inner not in inner_allowed:
             _fail("defense.inner", defense.inner, ", ".join(inner_allowed))
     if cfg.num_clients < 1:
@@ -327,8 +345,14 @@ def validate(cfg: DictConfig) -> None:
         _fail("defense.correction.method", defense.correction.method, ", ".join(MD_CORRECTIONS))
     if defense.val_batch < 1:
         _fail("defense.val_batch", defense.val_batch, "an integer >= 1")
+    if defense.score_chunk is not None and defense.score_chunk < 1:
+        _fail("defense.score_chunk", defense.score_chunk, "an integer >= 1, or null to score all candidates at once")
     if defense.clip_multiplier <= 0:
         _fail("defense.clip_multiplier", defense.clip_multiplier, "a positive multiplier")
+    if not 0.0 < defense.epic_fraction <= 1.0:
+        _fail("defense.epic_fraction", defense.epic_fraction, "a fraction of the round's replies in (0, 1]")
+    if defense.epic_max_cluster < 0:
+        _fail("defense.epic_max_cluster", defense.epic_max_cluster, "an integer >= 0 (0 drops nothing)")
     sampled = sampled_count(cfg.num_clients, cfg.fraction_train)
     f = defense.assumed_malicious if defense.assumed_malicious is not None else cfg.num_malicious
     robust = {defense.name, defense.inner}
@@ -489,6 +513,24 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
     if san.epic_start_round < 1:
         _fail("sanitizer.epic_start_round", san.epic_start_round, "a server round >= 1 (1 = from the start)")
     # --- ispl checks
+    for key in ("ispl_bags", "ispl_clusters", "ispl_steps"):
+        if getattr(san, key) < 1:
+            _fail(f"sanitizer.{key}", getattr(san, key), "an integer >= 1")
+    for key in ("ispl_cluster_frac", "ispl_expansion"):
+        if not 0.0 < getattr(san, key) <= 1.0:
+            _fail(f"sanitizer.{key}", getattr(san, key), "a fraction in (0, 1]")
+    if not 0.0 <= san.ispl_min_active < 1.0:
+        _fail("sanitizer.ispl_min_active", san.ispl_min_active, "a fraction of the window in [0, 1)")
+    if san.ispl_min_per_class < 1:
+        _fail("sanitizer.ispl_min_per_class", san.ispl_min_per_class, "an integer >= 1 (samples per present class)")
+    if san.ispl_min_votes < 1:
+        _fail("sanitizer.ispl_min_votes", san.ispl_min_votes, "an integer >= 1 (votes the label needs)")
+    if not 0.0 <= san.ispl_min_share <= 1.0:
+        _fail("sanitizer.ispl_min_share", san.ispl_min_share, "a share of the held-out learners in [0, 1] (0 = the paper's rule)")
+    if san.ispl_lr <= 0:
+        _fail("sanitizer.ispl_lr", san.ispl_lr, "a positive learning rate")
+    if san.ispl_spl_iters < 0:
+        _fail("sanitizer.ispl_spl_iters", san.ispl_spl_iters, "an integer >= 0 (0 = vote only)")
     # --- confusion checks
 
 

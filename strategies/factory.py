@@ -8,10 +8,13 @@ is off (the server evaluates the global model itself).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
 from strategies.base import RoundNotes
 from strategies.clipping import NormClipping
+from strategies.epic_updates import EPICUpdates
 from strategies.mddsc import MDDSC
 from strategies.omniscient import OMNISCIENT, omniscient_from_config
 from strategies.validation import ReplyValidator
@@ -68,11 +71,17 @@ def build_defense(cfg, sampled: int, notes: RoundNotes | None = None, model=None
 
     if d.name == "clipping":
         return clipping(d.inner)
+    if d.name == "epic_updates":
+        inner = clipping("fedavg") if d.inner == "clipping" else build_aggregator(d.inner, cfg, sampled)
+        return EPICUpdates(inner, d.epic_fraction, d.epic_max_cluster, notes)
     if d.name == "mddsc":
         inner = clipping("fedavg") if d.inner == "clipping" else build_aggregator(d.inner, cfg, sampled)
         h, t, c = d.history, d.threshold, d.correction
+        run_dir = cfg.get("run_dir")  # null under `flwr run`: the history makes a temporary directory
         return MDDSC(inner, model, data.val.x, data.val.y, seed=cfg.seed, val_batch=d.val_batch,
                      history_size=h.size, history_stride=h.stride, history_dtype=h.dtype,
+                     history_spill=h.spill, history_spill_dir=str(Path(run_dir) / "history") if run_dir else None,
+                     score_chunk=d.score_chunk,
                      reference=h.reference, lag=h.lag, threshold_rule=t.rule, tau0=t.tau0,
                      slope=t.slope, k=t.k, min_log_spread=t.min_log_spread, window=t.window,
                      correction=c.method, pgd_eps=c.pgd_eps, pgd_steps=c.pgd_steps, pgd_lr=c.pgd_lr,
