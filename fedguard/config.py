@@ -234,6 +234,24 @@ class SanitizerConfig:
     ispl_lr: float = 0.1  # ispl: Adam learning rate of the weak learners (softmax regression on global-model features)
     ispl_spl_iters: int = 4  # ispl: self-paced refinement iterations after the vote (paper 20; 0 = vote only)
     # --- confusion fields
+    confusion_clean_size: int = 200  # confusion: clean samples handed to the client (first of the server's validation split)
+    confusion_rounds: int = 2  # confusion: confusion rounds (pretrain, confuse, distill), the last one without distillation (paper 6)
+    confusion_pretrain_steps: int = 32  # confusion: SGD steps of (batch_size) pretraining per round (paper 40-100 epochs)
+    confusion_pretrain_lr: float = 0.05  # confusion: learning rate of round 0's pretraining on the window (later rounds use confusion_lr)
+    confusion_iters: int = 16  # confusion: confusion steps per round (paper 2000-6000)
+    confusion_lr: float = 0.01  # confusion: learning rate of the confusion steps and of the later rounds' pretraining
+    confusion_lambda: float = 10.0  # confusion: loss ((lambda - 1) * confusion + window) / lambda (paper 15-30)
+    confusion_batch_factor: int = 2  # confusion: every this many confusion steps also trains on a window batch (paper 2)
+    confusion_batch_size: int = 32  # confusion: batch size of every training step (paper 32)
+    confusion_distill_first: float = 0.2  # confusion: fraction of the window kept (lowest loss) after round 0
+    confusion_distill_last: float = 0.05  # confusion: ... after the second-to-last round (geometric in between; rounds >= 3)
+    confusion_prior_correction: bool = True  # confusion: remove each class's mean log-probability before fit/loss (false = the paper's argmax)
+    confusion_fit_prob: float = 0.5  # confusion: a suspect must also get probability > this for its label (0 = the paper's argmax only)
+    confusion_pca_dims: int = 2  # confusion: low-rank feature dimensions of the per-class Gaussian test (paper 2)
+    confusion_cov_ridge: float = 0.001  # confusion: covariance ridge, relative to the class's mean feature variance
+    confusion_ratio_threshold: float = 2.0  # confusion: a class's suspects are flagged when its likelihood ratio exceeds this (paper 2)
+    confusion_max_ratio_threshold: float = 1.5  # confusion: ... or when it is the largest ratio and exceeds this (paper 1.5)
+    confusion_warm_start: bool = True  # confusion: pretrain from the previous participation's pretrained base (Context.state), not from the global model
 
 
 FAULT_KINDS = ("none", "crash", "hang", "nan", "wrong_shape", "oversize", "inflate_examples", "garbage")
@@ -532,6 +550,28 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
     if san.ispl_spl_iters < 0:
         _fail("sanitizer.ispl_spl_iters", san.ispl_spl_iters, "an integer >= 0 (0 = vote only)")
     # --- confusion checks
+    for key in ("confusion_clean_size", "confusion_rounds", "confusion_batch_factor", "confusion_batch_size",
+                "confusion_pca_dims"):
+        if getattr(san, key) < 1:
+            _fail(f"sanitizer.{key}", getattr(san, key), "an integer >= 1")
+    for key in ("confusion_pretrain_steps", "confusion_iters"):
+        if getattr(san, key) < 0:
+            _fail(f"sanitizer.{key}", getattr(san, key), "an integer >= 0")
+    for key in ("confusion_pretrain_lr", "confusion_lr"):
+        if getattr(san, key) < 0:
+            _fail(f"sanitizer.{key}", getattr(san, key), "a learning rate >= 0")
+    if san.confusion_lambda <= 1:
+        _fail("sanitizer.confusion_lambda", san.confusion_lambda, "a weight > 1")
+    for key in ("confusion_distill_first", "confusion_distill_last"):
+        if not 0.0 < getattr(san, key) <= 1.0:
+            _fail(f"sanitizer.{key}", getattr(san, key), "a fraction of the window in (0, 1]")
+    if not 0.0 <= san.confusion_fit_prob < 1.0:
+        _fail("sanitizer.confusion_fit_prob", san.confusion_fit_prob, "a probability in [0, 1) (0 = argmax only)")
+    if san.confusion_cov_ridge <= 0:
+        _fail("sanitizer.confusion_cov_ridge", san.confusion_cov_ridge, "a positive relative ridge")
+    if san.confusion_ratio_threshold < 1 or san.confusion_max_ratio_threshold < 1:
+        _fail("sanitizer.confusion_ratio_threshold", (san.confusion_ratio_threshold, san.confusion_max_ratio_threshold),
+              "likelihood ratios >= 1 (both thresholds)")
 
 
 def _validate_data_files(cfg: DictConfig) -> None:

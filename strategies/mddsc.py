@@ -43,7 +43,9 @@ VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
 class MDDSC(StrategyWrapper):
     def __init__(self, inner: Strategy, model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, *,
                  seed: int = 0, val_batch: int = 256, history_size: int = 10, history_stride: int = 1,
-                 history_dtype: str = "float32", reference: str = "lag", lag: int = 1,
+                 history_dtype: str = "float32", history_spill: bool = False,
+                 history_spill_dir: str | None = None, score_chunk: int | None = None,
+                 reference: str = "lag", lag: int = 1,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 3.0,
                  min_log_spread: float = 0.1,
                  window: int = 5, correction: str = "scale", pgd_eps: float = 0.5, pgd_steps: int = 10,
@@ -54,7 +56,12 @@ class MDDSC(StrategyWrapper):
         self.val_x, self.val_y = val_x, val_y
         self.val_stream = IndexStream(np.arange(len(val_y)), seed, VAL_STREAM_ID)
         self.val_batch = min(val_batch, len(val_y))
-        self.history = ModelHistory(history_size, history_stride, history_dtype)
+        self.history = ModelHistory(history_size, history_stride, history_dtype,
+                                    spill=history_spill, spill_dir=history_spill_dir)
+        if score_chunk is not None and score_chunk < 1:
+            raise ValueError(f"score_chunk must be >= 1 or None, got {score_chunk}")
+        self.score_chunk = score_chunk  # candidates per vmap call (None: all at once)
+        self._refs: list | None = None  # reference snapshots fetched once per round (see _defend)
         self.reference, self.lag = reference, lag
         self.threshold_rule, self.tau0, self.slope, self.k = threshold_rule, tau0, slope, k
         self.min_log_spread = min_log_spread
@@ -84,11 +91,13 @@ class MDDSC(StrategyWrapper):
                 torch.from_numpy(self.val_y[idx]).to(self.device))
 
     def scores(self, stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Mean MD per candidate `[K]`, averaged over the reference snapshot(s)."""
-        refs = self.history.reference(self.reference, self.lag)
+        """Mean MD per candidate `[K]`, averaged over the reference snapshot(s), `score_chunk`
+        candidates per vmapped call."""
+        refs = self._refs if self._refs is not None else self.history.reference(self.reference, self.lag)
         total = torch.zeros(stacked.shape[0], device=self.device)
         for snap in refs:
-            total += batched_md(self.model, snap.params.to(self.device), stacked, x).mean(dim=1)
+            total += batched_md(self.model, snap.params.to(self.device), stacked, x,
+                                chunk_size=self.score_chunk).mean(dim=1)
         return total / len(refs)
 
     def threshold(self, server_round: int, scores: np.ndarray) -> float:
@@ -143,13 +152,22 @@ class MDDSC(StrategyWrapper):
         if len(self.history) == 0:
             self.history.push(server_round - 1, base.cpu())
         with self.notes.timed("defense_s"):
-            kept = self._defend(server_round, base, valid)
+            # the reference snapshot(s), read once for this round's scoring and corrections
+            # (a spilled history would otherwise read its files at every bisection step)
+            self._refs = [s._replace(params=s.params.to(self.device))
+                          for s in self.history.reference(self.reference, self.lag)]
+            try:
+                kept = self._defend(server_round, base, valid)
+            finally:
+                self._refs = None
         kept_ids = {id(m) for m in kept}
         arrays, metrics = self.inner.aggregate_train(
             server_round, [m for m in replies if m.has_error() or id(m) in kept_ids])
         if arrays is not None:
             self.history.push(server_round, flat_from_arrays(arrays))
         self.notes.round["history_bytes"] = self.history.nbytes
+        if self.history.spill:
+            self.notes.round["history_disk_bytes"] = self.history.disk_bytes
         return arrays, metrics
 
     def _correct(self, base: torch.Tensor, updates: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -89,6 +89,104 @@ def test_state_dict_round_trip_through_torch_save():
     assert not g.push(9, torch.zeros(50)) and g.push(10, torch.zeros(50)) and g.rounds == [6, 8, 10]
 
 
+DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def rss() -> int:
+    """Resident bytes after handing the allocator's free memory back to the OS (glibc's
+    malloc_trim), so that the number follows live allocations, not the allocator's cache."""
+    import ctypes
+    import ctypes.util
+
+    import psutil
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spilled_references_are_bit_identical_to_in_memory(dtype, tmp_path):
+    mem = ModelHistory(size=3, stride=2, dtype=dtype)
+    disk = ModelHistory(size=3, stride=2, dtype=dtype, spill=True, spill_dir=tmp_path / "h")
+    g = torch.Generator().manual_seed(0)
+    for r in range(10):
+        x = torch.randn(1000, generator=g) * 10.0 ** (r - 4)  # magnitudes from 1e-4 to 1e5 (float16 overflows)
+        assert mem.push(r, x) == disk.push(r, x)
+    assert disk.rounds == mem.rounds == [4, 6, 8]
+    for mode, k in (("all", 0), ("lag", 1), ("oldest", 0)):
+        for a, b in zip(disk.reference(mode, k), mem.reference(mode, k), strict=True):
+            assert a.round == b.round and a.params.dtype == torch.float32
+            assert torch.equal(a.params.view(torch.int32), b.params.view(torch.int32))  # bitwise (incl. inf)
+
+
+def test_spill_deletes_evicted_files_and_holds_no_tensors(tmp_path):
+    h = ModelHistory(size=3, dtype="float16", spill=True, spill_dir=tmp_path)
+    for r in range(7):
+        h.push(r, torch.randn(5000))
+        assert len(list(tmp_path.iterdir())) == min(r + 1, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"snapshot_r{r:09d}.pt" for r in (4, 5, 6)]
+    assert h.nbytes == 0 and 3 * 5000 * 2 <= h.disk_bytes < 3 * 5000 * 2 + 3 * 4096
+    assert not any(isinstance(item, torch.Tensor) for _, item in h._items)
+    h.close()
+    assert list(tmp_path.iterdir()) == [] and len(h) == 0
+
+
+def test_spill_without_directory_uses_a_temporary_one_removed_with_the_history():
+    import gc
+
+    h = ModelHistory(size=2, spill=True)
+    h.push(0, torch.ones(10))
+    tmp = h.spill_dir
+    assert tmp is not None and len(list(tmp.iterdir())) == 1
+    del h
+    gc.collect()
+    assert not tmp.exists()
+
+
+def test_spill_memory_stays_flat(tmp_path):
+    """8 snapshots of 16 MB each: 128 MB in memory, only transient copies when spilled."""
+    n = 4 * 2**20
+    x = torch.randn(n)
+    h = ModelHistory(size=8, spill=True, spill_dir=tmp_path)
+    h.push(0, x)  # warm up torch.save
+    before = rss()
+    for r in range(1, 9):
+        h.push(r, x + r)
+    grown = rss() - before
+    assert h.nbytes == 0 and h.disk_bytes >= 8 * n * 4
+    assert grown < 48 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB while spilling 128 MiB of snapshots"
+
+
+def test_spilled_state_dict_round_trip_and_stale_files(tmp_path):
+    h = ModelHistory(size=3, stride=2, dtype="bfloat16", spill=True, spill_dir=tmp_path / "a")
+    for r in range(9):
+        h.push(r, torch.randn(50))
+    state = h.state_dict()
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in state["snapshots"])
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf)
+    # a resumed run: the directory still holds the killed run's files, which a new history clears
+    h._finalizer.detach()  # killed: its files are not cleaned up
+    (tmp_path / "a" / "snapshot_r000000099.pt.tmp").write_bytes(b"torn")
+    g = ModelHistory(size=3, stride=2, dtype="bfloat16", spill=True, spill_dir=tmp_path / "a")
+    assert list((tmp_path / "a").iterdir()) == []
+    g.load_state_dict(loaded)
+    assert g.rounds == [4, 6, 8] and g.nbytes == 0 and len(list((tmp_path / "a").iterdir())) == 3
+    mem = ModelHistory(size=3, stride=2, dtype="bfloat16")
+    mem.load_state_dict(loaded)
+    for a, b in zip(g.reference("all"), mem.reference("all"), strict=True):
+        assert a.round == b.round and torch.equal(a.params, b.params)
+    g.load_state_dict(mem.state_dict())  # re-spilling over its own files
+    assert len(list((tmp_path / "a").iterdir())) == 3 and g.rounds == [4, 6, 8]
+    assert not g.push(9, torch.zeros(50)) and g.push(10, torch.zeros(50)) and g.rounds == [6, 8, 10]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"snapshot_r{r:09d}.pt" for r in (6, 8, 10)]
+
+
 def test_invalid_settings():
     with pytest.raises(ValueError):
         ModelHistory(size=0)

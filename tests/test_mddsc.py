@@ -127,3 +127,62 @@ def test_schedule_threshold_is_the_papers(setting):
     strategy, notes, replies = make(setting, threshold_rule="schedule", tau0=0.5, slope=0.02)
     strategy.aggregate_train(3, replies)
     assert notes.clients[0]["threshold"] == pytest.approx(0.56)
+
+
+def test_chunked_scoring_matches_all_at_once(setting):
+    data, model, global_arrays, base, honest, bad = setting
+    results = {}
+    for chunk in (None, 2):
+        strategy, notes, replies = make(setting, score_chunk=chunk)
+        strategy.aggregate_train(1, replies)
+        results[chunk] = notes
+    full, chunked = results[None], results[2]
+    for node in full.clients:
+        assert chunked.clients[node]["md"] == pytest.approx(full.clients[node]["md"], rel=1e-5, abs=1e-8)
+        assert chunked.clients[node]["flagged"] == full.clients[node]["flagged"]
+        a, b = chunked.clients[node]["correction"], full.clients[node]["correction"]
+        assert (a is None) == (b is None)
+        if a is not None:  # scale:alpha
+            assert float(a.split(":")[1]) == pytest.approx(float(b.split(":")[1]), abs=1e-3)
+    # scores() directly, with K not a multiple of the chunk
+    strategy, _, _ = make(setting)
+    strategy.history.push(0, base)
+    stacked = torch.stack([base + u for u in honest[:5]] + [base + bad])
+    x = torch.from_numpy(data.val.x[:64])
+    expected = strategy.scores(stacked, x)
+    strategy.score_chunk = 4
+    torch.testing.assert_close(strategy.scores(stacked, x), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_spilled_history_scores_like_in_memory(setting, tmp_path):
+    notes_of = {}
+    for spill in (False, True):
+        strategy, notes, replies = make(setting, history_spill=spill,
+                                        history_spill_dir=str(tmp_path / "h") if spill else None)
+        strategy.aggregate_train(1, replies)
+        notes_of[spill] = notes
+        assert strategy.history.rounds == [0, 1]
+        if spill:
+            assert strategy.history.nbytes == 0 and len(list((tmp_path / "h").iterdir())) == 2
+            assert notes.round["history_disk_bytes"] == strategy.history.disk_bytes > 0
+    assert {n: c["md"] for n, c in notes_of[True].clients.items()} == \
+        {n: c["md"] for n, c in notes_of[False].clients.items()}
+
+
+def test_factory_passes_score_chunk_and_spill_dir(tmp_path):
+    from fedguard.config import ConfigError, validate
+    from strategies.factory import build_defense
+
+    data = load_splits("digits", None, 200, 360, 0)
+    model = build_model("mlp", data.input_shape, 10)
+    cfg = compose(["defense=mddsc", "defense.score_chunk=3", "defense.history.spill=true", f"run_dir={tmp_path}"])
+    validate(cfg)
+    strategy = build_defense(cfg, 4, RoundNotes(), model=model, data=data)
+    assert strategy.score_chunk == 3 and strategy.history.spill_dir == tmp_path / "history"
+    cfg.run_dir = None  # e.g. `flwr run`: a temporary directory
+    strategy = build_defense(cfg, 4, RoundNotes(), model=model, data=data)
+    assert strategy.history.spill_dir is not None and strategy.history.spill_dir != tmp_path / "history"
+    default = build_defense(compose(["defense=mddsc"]), 4, RoundNotes(), model=model, data=data)
+    assert default.score_chunk is None and not default.history.spill
+    with pytest.raises(ConfigError, match="defense.score_chunk"):
+        validate(compose(["defense=mddsc", "defense.score_chunk=0"]))
