@@ -169,6 +169,10 @@ class AttackConfig:
     eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
     steps: int = 2  # data form: signed-gradient steps per poisoned batch
     val_batch: int = 32  # attacker's held-out batch, carved from its own partition
+    # accumulative, both forms: stop accumulating (reply honestly for the rest of the accumulate
+    # phase; the trigger still fires) once the attacker's held-out accuracy of the global model it
+    # receives falls more than this below its accuracy at the start of accumulation. null = never stop
+    stealth_drop: float | None = None
     scale: float = 10.0  # scaling: reply global + scale * honest update
     noise_std: float = 1.0  # gaussian: reply global + N(0, noise_std^2) on every parameter
     # backdoor (fedguard/attacks/backdoor.py)
@@ -453,6 +457,8 @@ def _validate_attack(cfg: DictConfig) -> None:
     for key in ("eps", "noise_std"):
         if a[key] < 0:
             _fail(f"attack.{key}", a[key], "a value >= 0")
+    if a.stealth_drop is not None and not a.stealth_drop > 0:
+        _fail("attack.stealth_drop", a.stealth_drop, "an accuracy drop > 0 (a fraction), or null to never stop")
     _validate_backdoor_and_omniscient(cfg)
     if a.name == "none":
         return
@@ -515,6 +521,10 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
         _fail("sanitizer.slope", san.slope, "a value >= 0 (the threshold grows with the online step)")
     if san.history_lag < 0:
         _fail("sanitizer.history_lag", san.history_lag, "an integer >= 0 (participations back)")
+    if san.name == "dsc" and san.history_lag > 0 and cfg.backend.num_supernodes is not None:
+        _fail("sanitizer.history_lag", san.history_lag,
+              "0 with virtual clients (backend.num_supernodes): the server carries a client's JSON "
+              "state only, not DSC's model snapshots")
     if san.drop_above is not None and san.drop_above <= 0:
         _fail("sanitizer.drop_above", san.drop_above, "a positive MD, or null to drop nothing")
     if san.window < 1:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from fedguard import checkpoint
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -93,3 +95,28 @@ def test_flwr_run_runs_the_same_apps(tmp_path):
     rounds = read_jsonl(run / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2]
     assert len(read_jsonl(run / "clients.jsonl")) == 8
+
+
+def test_virtual_clients_train_exactly_as_one_supernode_per_client(tmp_path):
+    """backend.num_supernodes=3 SuperNodes serving 6 clients (3 sampled a round, their state
+    carried by the server) give the same records and the bit-identical final model as one
+    SuperNode per client: stream cursors and a sanitiser's window state travel intact."""
+    common = ["num_clients=6", "fraction_train=0.5", "rounds=4", "local_steps=3", "progress=false",
+              "stream_poison=label_flip", "stream_poison.rate=0.2", "sanitizer=epic",
+              "sanitizer.epic_start_round=1", "sanitizer.window=64"]
+    runs = {}
+    for name, extra in (("nodes", []), ("virtual", ["backend.num_supernodes=3"])):
+        run = tmp_path / name
+        proc = fedguard("run", *common, *extra, f"hydra.run.dir={run}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = run
+    rows = {k: [(c["round"], c["partition_id"], c["train_loss"], c["sanitizer_flagged"])
+                for c in read_jsonl(run / "clients.jsonl")] for k, run in runs.items()}
+    assert rows["nodes"] == rows["virtual"]
+    assert len({r[1] for r in rows["nodes"]}) > 3  # more clients than SuperNodes took part
+    states = {k: checkpoint.load(run)["clients"] for k, run in runs.items()}  # last reported Context.state
+    assert states["nodes"] == states["virtual"]
+    windows = [json.loads(s)["epic"] for s in states["virtual"].values()]
+    assert max(w["participations"] for w in windows) >= 2 and all(w["seen"] for w in windows)
+    final = {k: torch.load(run / "final_model.pt") for k, run in runs.items()}
+    assert torch.equal(final["nodes"], final["virtual"])
