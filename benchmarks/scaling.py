@@ -146,7 +146,10 @@ def main() -> None:
             results.append({**one(runs, args.base_registered, s, defense, args.rounds, extra), "sweep": "sampled"})
     print(f"registered sweep ({args.base_sampled} sampled, fedavg):")
     for n in map(int, args.registered.split(",")):
-        results.append({**one(runs, n, args.base_sampled, "fedavg", args.rounds, extra), "sweep": "registered"})
+        same = next((r for r in results if r["defense"] == "fedavg" and r["registered"] == n
+                     and r["sampled"] == args.base_sampled), None)  # already run in the sampled sweep
+        row = same if same is not None else one(runs, n, args.base_sampled, "fedavg", args.rounds, extra)
+        results.append({**row, "sweep": "registered"})
 
     fits = {}
     for defense in args.defenses.split(","):
