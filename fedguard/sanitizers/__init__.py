@@ -89,8 +89,10 @@ def build_sanitizer(cfg) -> Sanitizer:
         return Sanitizer()
     if name not in SANITIZER_CLASSES:
         raise ValueError(f"unknown sanitizer {name!r}; allowed: none, {', '.join(SANITIZER_CLASSES)}")
-    module, cls = SANITIZER_CLASSES[name].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls).from_config(san)
+    module, name = SANITIZER_CLASSES[name].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    # a sanitiser that needs more than its own config node (confusion: the server's clean set)
+    return cls.from_full_config(cfg) if hasattr(cls, "from_full_config") else cls.from_config(san)
 
 
 def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch], poisoned: list[Tensor],

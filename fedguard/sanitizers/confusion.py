@@ -2,60 +2,78 @@
 
 "Fight poison with poison": a model trained on the (poisoned) window while it is also trained
 on a small clean set whose labels are deliberately wrong ("confusion") loses the benign
-correlations (they are contradicted by the confusion batches), whereas a backdoor's
-trigger -> target shortcut is not contradicted by anything and stays fitted. The samples the
-confused model still fits are suspects; a per-class Gaussian test on its features decides.
+correlations (the confusion batches contradict them), whereas a backdoor's trigger -> target
+shortcut is contradicted by nothing and stays fitted. The samples the confused model still
+fits are suspects; a per-class Gaussian test on its features decides which are flagged.
 
-Algorithm, as in the reference code (`confusion_training.py`, `ct_cleanser.py`), with the
-constants rescaled for a window of ~300-1024 samples on a CPU (`confusion_` config fields):
+Algorithm, after the reference code (Unispac/Fight-Poison-With-Poison: `ct_cleanser.py`,
+`confusion_training.py`), constants rescaled for a window of ~300-1024 samples on a CPU
+(`confusion_` config fields):
 
-    base <- copy of the round's global model; D_0 <- the whole window
+    base <- the round's global model (or, `warm_start`, this client's base of last time)
+    D_0 <- the whole window
     for k = 0 .. R-1 (R = `rounds`):
-      pretrain: `pretrain_epochs` epochs of SGD (lr `pretrain_lr`, momentum 0.9, wd 1e-4) of
-        `base` on D_k (last round: D_k plus the clean set with wrong labels; the reference adds
-        it with labels shifted by one); base carries over to the next round
+      pretrain: `pretrain_steps` SGD steps (momentum 0.9, wd 1e-4; lr `pretrain_lr` in round 0,
+        `lr` after) of base on shuffled epochs of D_k; in the last round D_k plus the clean set
+        labelled (y + 1) % C (the reference's shifted clean set). base carries over.
       confuse: m <- copy of base; `iters` SGD steps (lr `lr`, momentum 0.7, wd 1e-4), each on a
-        clean batch whose labels are re-drawn every time it is used, uniformly among the
-        classes other than its true one (`confusion_labels`); every `batch_factor`-th step
-        the clean batch is joined by a batch of D_k and the loss is
-            ((lambda - 1) * CE_confusion + CE_window) / lambda,
-        CE_window weighted per class by 1 / sqrt(frequency in D_k + 0.001) (uniform in the
-        last round), `class_balance_weights`; the other steps train on the clean batch alone
-      distill (k < R-1): D_{k+1} <- the `distill_ratio(k)` lowest-loss samples of the window
-        under m, plus for each class its floor(n_c / 50) lowest-loss samples
-        (`distill_indices`): the distilled set is poison-rich, it reinforces the backdoor
-        while the confusion batches erase the benign features
-    suspects <- the window samples the last confused model m classifies as their label
-    per class c (`identify_poisons`): the penultimate-layer features of m (input of the last
-    Linear layer) of the class's window samples, centred and projected on their top
-    `pca_dims` principal directions; Gaussian G0 fitted to the non-suspects, G1 to the
-    suspects; log-ratio = mean over the class of [log G_own(x) - log G0(x)] (one Gaussian,
-    that of the rest of the class, against two); the class's suspects are flagged when the
-    ratio exp(log-ratio) > `ratio_threshold`, or when it is the largest ratio of all classes
-    and > `max_ratio_threshold` (the reference's 2 and 1.5); otherwise nothing of the class is
-    flagged.
-    Degenerate classes: a class with fewer than 2 window samples, or one where the suspects
-    or the non-suspects number fewer than 2 (no covariance to fit), gets no Gaussian test:
-    its samples keep the confusion verdict (suspect = flagged). The reference passes such
-    classes (ratio 1), but in a non-IID window a backdoor's target class can be made of
-    poisons almost only, and passing it would let them all through.
+        clean batch with labels drawn anew at every step, (y + s) % C with one s uniform in
+        1..C-1 per batch (`confusion_labels`); every `batch_factor`-th step the clean batch is
+        joined by a batch of D_k and the loss is
+            ((lambda - 1) * CE(clean, wrong labels) + CE_w(D_k batch)) / lambda,
+        CE_w weighting each class by 1 / sqrt(its frequency in D_k + 0.001)
+        (`class_balance_weights`; uniform in the last round); the other steps train on the
+        clean batch alone.
+      distill (k < R-1): D_{k+1} <- the `distill_ratios(k)` fraction of the window with the
+        lowest loss under m, plus each class's floor(n_c / 50) lowest (`distill_indices`):
+        the distilled set is poison-rich and the next round's pretraining reinforces the
+        backdoor while its confusion erases the rest.
+    suspects <- the window samples the last m fits (`fitted`)
+    per class (`identify_poisons`): the penultimate features of m (the input of its last
+      Linear layer) of the class's window samples, centred, projected on their top `pca_dims`
+      principal directions; Gaussian G0 fitted to the non-suspects, G1 to the suspects;
+      log-ratio = mean over the class of [log G_own side(x) - log G0(x)] (one Gaussian, that of
+      the rest of the class, against two: `log_likelihood_ratio`). A class's suspects are
+      flagged when its ratio exp(log-ratio) > `ratio_threshold`, or when its ratio is the
+      largest of all classes and > `max_ratio_threshold` (the reference's 2 and 1.5); other
+      classes are passed (nothing flagged).
+      Degenerate classes: a class with fewer than 2 window samples, or with fewer than 2
+      suspects or fewer than 2 non-suspects (no covariance to fit), gets no Gaussian test and
+      keeps the confusion verdict (its suspects are flagged). The reference passes them
+      (ratio 1); in a non-IID window a target class can be made of poisons almost only, and
+      passing it would let them all through.
 
-Deliberate departures from the reference: the constants (6 rounds, 100 pretraining epochs,
-2000-6000 confusion iterations of batch 32 on 50k samples, ratios 1/2 ... 1/100) are scaled
-down (`distill_ratio(k)` goes geometrically from `distill_first` to `distill_last`); the
-confusion labels are uniform among the wrong classes instead of the reference's
-(prediction + a cycling shift) % C, and avoid the clean sample's true label instead of the
-pretrained model's prediction (no extra forward pass); the PCA is an exact SVD (the
-reference's `torch.pca_lowrank` is randomised) and the covariance ridge is `cov_ridge` times
-the class's mean feature variance on the diagonal (the reference adds 0.001 to every entry,
-which is not scale-free and need not make the matrix regular).
+Deliberate departures from the reference:
+- constants: 6 rounds, 40-100 pretraining epochs, 2000-6000 confusion iterations, distilled
+  fractions 1/2 .. 1/100 of 50k samples become `rounds` 2, `pretrain_steps` ~1.5-2 epochs of
+  the window, `iters` 16-24, `distill_first` 0.2 (geometric to `distill_last` for R >= 3).
+- `warm_start` (default on): the pretrained base (round 0) is kept in the node's
+  `Context.state` (ArrayRecord `WARM_KEY`, not echoed to the server: after a resume it starts
+  again from the global model) and the next participation continues from it instead of from
+  the global model, so the "model pretrained on the poisoned set" accumulates
+  `pretrain_steps` per participation instead of being paid for at once (a blend backdoor
+  needs ~200 steps from a clean model). Off: each select starts from the global model.
+  Virtual clients (backend.num_supernodes) carry JSON state only: the config rejects it there.
+- `prior_correction` (default on): ranking and fitting use log-probabilities with each
+  class's window mean removed (`prior_corrected`); `fit_prob` (default 0.5): a suspect must
+  also give its label probability > fit_prob. A briefly confused model is near-uniform with a
+  bias towards the most frequent label, the backdoor's target (its own clean samples plus the
+  poisons): with the reference's plain argmax every sample of the target class looked fitted
+  and the distilled set was that whole class. Both off = the reference's rule.
+- the confusion labels avoid the clean sample's true label, not the pretrained model's
+  prediction (no extra model); the shift is drawn at random per batch rather than cycled.
+- the PCA is an exact SVD (the reference's `torch.pca_lowrank` is randomised); the
+  covariance ridge is `cov_ridge` times the class's mean feature variance on the diagonal
+  (the reference adds 0.001 to every entry, which is not scale-free and need not make the
+  matrix regular).
+Confusion Training targets backdoors: label flips have no trigger for the confused model to
+keep fitting, and are not what it finds.
 
-The clean set: the server holds a clean validation stream; a client is handed the first
-`clean_size` samples of it (`clean_set_from_config`). `from_config(san)` only sees the
-`sanitizer` node, so it leaves `clean` unset: whoever builds the sanitiser (the ClientApp)
-must set `sanitizer.clean = clean_set_from_config(cfg, san.confusion_clean_size)`, or build it
-with `ConfusionSanitizer.from_full_config(cfg)`, which does both. `select` refuses to run
-without it.
+The clean set: the server holds a clean validation stream; a client is handed its first
+`clean_size` samples (`clean_set_from_config`). `from_config(san)` only sees the `sanitizer`
+node and leaves `clean` unset: whoever builds the sanitiser (the ClientApp) must set
+`sanitizer.clean = clean_set_from_config(cfg, san.clean_size)`, or build it with
+`ConfusionSanitizer.from_full_config(cfg)`, which does both. `select` refuses to run without.
 """
 
 from __future__ import annotations
@@ -65,25 +83,31 @@ import math
 
 import numpy as np
 import torch
+from flwr.app import Array, ArrayRecord, Context
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fedguard.sanitizers import STEPS
+from fedguard.models import exchanged_state
+from fedguard.sanitizers import STEPS, Batch
 from fedguard.sanitizers.window import WindowSanitizer
 
 WEIGHT_DECAY = 1e-4  # the reference's, both phases
 PRETRAIN_MOMENTUM, CONFUSION_MOMENTUM = 0.9, 0.7  # the reference's
 CLASS_FLOOR_DIV = 50  # distillation keeps at least n_c // 50 samples of each class (the reference's rate_factor)
 EVAL_BATCH = 512
+WARM_KEY = "confusion-base"  # ArrayRecord of Context.state: the warm-start base (not echoed to the server)
 
 
 # --------------------------------------------------------------------------- pure pieces
-def confusion_labels(y: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
-    """Wrong labels for a clean batch: for each sample, a class drawn uniformly among the
-    `num_classes - 1` classes other than its label y (on y's device; drawn with `generator`)."""
+def confusion_labels(y: Tensor, num_classes: int, generator: torch.Generator, per_batch: bool = True) -> Tensor:
+    """Wrong labels for a clean batch, drawn anew at every call with `generator`:
+    (y + s) % num_classes with s uniform in 1 .. num_classes-1, one s for the whole batch
+    (`per_batch`, the reference's scheme: a consistent permutation of the classes, a new one
+    each batch) or one per sample. Never the true label."""
     if num_classes < 2:
         raise ValueError(f"confusion needs at least 2 classes, got {num_classes}")
-    shift = torch.randint(1, num_classes, (len(y),), generator=generator, device=generator.device)
+    n = 1 if per_batch else len(y)
+    shift = torch.randint(1, num_classes, (n,), generator=generator, device=generator.device)
     return (y + shift.to(y.device)) % num_classes
 
 
@@ -119,7 +143,7 @@ def distill_indices(loss: np.ndarray, y: np.ndarray, ratio: float, num_classes: 
     broken by index)."""
     loss, y = np.asarray(loss, dtype=np.float64), np.asarray(y)
     order = np.argsort(loss, kind="stable")
-    keep = set(order[:max(1, int(round(ratio * len(loss))))].tolist())
+    keep = set(order[:max(1, round(ratio * len(loss)))].tolist())
     for c in range(num_classes):
         in_c = order[y[order] == c]
         keep.update(in_c[:len(in_c) // floor_div].tolist())
@@ -202,14 +226,28 @@ def identify_poisons(feats: np.ndarray, y: np.ndarray, suspect: np.ndarray, num_
     return flagged, ratios
 
 
-def fitted(logp: Tensor, y: Tensor, min_prob: float = 0.0) -> Tensor:
-    """Which samples a model fits: its prediction is the label (argmax_c logp[i, c] == y_i)
-    and, with `min_prob` > 0, it gives the label a probability > `min_prob` (a near-uniform
-    model's argmax is noise: confidence tells the samples it still really fits)."""
-    ok = logp.argmax(dim=1) == y
+def prior_corrected(logp: Tensor) -> Tensor:
+    """Log-probabilities with each class's mean over the batch removed: logp[i, c] -
+    mean_j logp[j, c]. A briefly trained confused model is near-uniform with a bias towards
+    the frequent labels (a backdoor's target class has its clean samples plus the poisons);
+    without the correction that bias makes every sample of the target class look fitted."""
+    return logp - logp.mean(dim=0, keepdim=True) if len(logp) > 1 else logp
+
+
+def fitted(logp: Tensor, y: Tensor, prior_correction: bool = True, min_prob: float = 0.0) -> Tensor:
+    """Which samples a model fits: its (prior-corrected, `prior_corrected`) prediction is the
+    label and, with `min_prob` > 0, it gives the label a probability > `min_prob`."""
+    score = prior_corrected(logp) if prior_correction else logp
+    ok = score.argmax(dim=1) == y
     if min_prob > 0:
         ok &= logp.gather(1, y[:, None])[:, 0] > math.log(min_prob)
     return ok
+
+
+def fit_loss(logp: Tensor, y: Tensor, prior_correction: bool = True) -> Tensor:
+    """Per-sample loss the distillation ranks by: -logp[i, y_i], prior-corrected or not."""
+    score = prior_corrected(logp) if prior_correction else logp
+    return -score.gather(1, y[:, None])[:, 0]
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -222,23 +260,20 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, y: Tensor, features: bool = False
-            ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(per-sample CE, log-probabilities, penultimate features or None) in eval mode; the
-    features are the input of the model's last Linear layer (the logits when it has none)."""
+def predict(model: nn.Module, x: Tensor, features: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(log-probabilities, penultimate features or None) of `model` in eval mode (its mode is
+    restored); the features are the input of its last Linear layer (the logits without one)."""
     captured: list[Tensor] = []
-    hook = None
     last = _last_linear(model) if features else None
-    if last is not None:
-        hook = last.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach().flatten(1)))
+    hook = None if last is None else last.register_forward_hook(
+        lambda _m, inp, _out: captured.append(inp[0].detach().flatten(1)))
     was_training = model.training
     model.eval()
-    losses, preds, logits_all = [], [], []
+    logps, logits_all = [], []
     try:
-        for s in range(0, len(y), EVAL_BATCH):
+        for s in range(0, len(x), EVAL_BATCH):
             logits = model(x[s:s + EVAL_BATCH])
-            losses.append(F.cross_entropy(logits, y[s:s + EVAL_BATCH], reduction="none"))
-            preds.append(F.log_softmax(logits, dim=1))
+            logps.append(F.log_softmax(logits, dim=1))
             logits_all.append(logits)
     finally:
         if hook is not None:
@@ -247,14 +282,32 @@ def predict(model: nn.Module, x: Tensor, y: Tensor, features: bool = False
     feats = None
     if features:
         feats = torch.cat(captured) if last is not None else torch.cat(logits_all)
-    return torch.cat(losses), torch.cat(preds), feats
+    return torch.cat(logps), feats
+
+
+def load_warm_state(context: Context) -> dict[str, Tensor] | None:
+    """The warm-start base stored in the node's state (None when there is none)."""
+    rec = context.state.array_records.get(WARM_KEY)
+    if rec is None:
+        return None
+    return {k: torch.from_numpy(a.numpy().copy()) for k, a in rec.items()}
+
+
+def load_exchanged(model: nn.Module, state: dict[str, Tensor]) -> bool:
+    """Load `state` (the `exchanged_state` tensors) into `model` when every key and shape
+    matches; returns whether it did."""
+    own = exchanged_state(model)
+    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(v.shape) for k, v in state.items()):
+        return False
+    model.load_state_dict({k: v.to(own[k].device, own[k].dtype) for k, v in state.items()}, strict=False)
+    return True
 
 
 def clean_set_from_config(cfg, size: int | None = None) -> tuple[Tensor, Tensor]:
     """The first `size` (default `cfg.sanitizer.confusion_clean_size`) samples of the server's
     clean validation split (`fedguard.data.sources.splits_from_config(cfg).val`), as
     (float32 x, int64 y) CPU tensors."""
-    from fedguard.data.sources import splits_from_config  # local: data loading stays lazy
+    from fedguard.data.sources import splits_from_config  # local: lazy data loading
 
     if size is None:
         size = int(cfg.sanitizer.confusion_clean_size)
@@ -270,12 +323,13 @@ class ConfusionSanitizer(WindowSanitizer):
     name = "confusion"
     state_key = "confusion"
 
-    def __init__(self, window: int = 1024, every: int = 1, clean_size: int = 200, rounds: int = 3,
-                 pretrain_steps: int = 48, iters: int = 40, batch_size: int = 64, lam: float = 20.0,
-                 batch_factor: int = 2, lr: float = 0.01, pretrain_lr: float = 0.01,
-                 distill_first: float = 0.5, distill_last: float = 0.2, pca_dims: int = 2,
-                 cov_ridge: float = 1e-3, ratio_threshold: float = 2.0, max_ratio_threshold: float = 1.5,
-                 fit_prob: float = 0.5, clean: tuple[Tensor, Tensor] | None = None):
+    def __init__(self, window: int = 1024, every: int = 1, clean_size: int = 200, rounds: int = 2,
+                 pretrain_steps: int = 48, pretrain_lr: float = 0.05, iters: int = 24, lr: float = 0.01,
+                 lam: float = 10.0, batch_factor: int = 2, batch_size: int = 32, distill_first: float = 0.2,
+                 distill_last: float = 0.05, prior_correction: bool = True, fit_prob: float = 0.5,
+                 pca_dims: int = 2, cov_ridge: float = 1e-3, ratio_threshold: float = 2.0,
+                 max_ratio_threshold: float = 1.5, warm_start: bool = True, per_batch: bool = True,
+                 clean: tuple[Tensor, Tensor] | None = None):
         super().__init__(window, every)
         if rounds < 1 or iters < 0 or pretrain_steps < 0 or batch_size < 1 or batch_factor < 1:
             raise ValueError("confusion: rounds, batch_size, batch_factor >= 1 and iters, pretrain_steps >= 0")
@@ -287,19 +341,27 @@ class ConfusionSanitizer(WindowSanitizer):
         self.distill_first, self.distill_last = float(distill_first), float(distill_last)
         self.pca_dims, self.cov_ridge = int(pca_dims), float(cov_ridge)
         self.ratio_threshold, self.max_ratio_threshold = float(ratio_threshold), float(max_ratio_threshold)
-        self.fit_prob = float(fit_prob)
+        self.prior_correction, self.fit_prob = bool(prior_correction), float(fit_prob)
+        self.per_batch = bool(per_batch)
+        self.warm_start = bool(warm_start)
+        self.warm_state: dict[str, Tensor] | None = None  # the pretrained base of the last select
         self.clean = clean  # (x, y): a small clean set; the ClientApp sets it (clean_set_from_config)
         self.last_ratios: dict[int, float | None] = {}  # per class, of the last select (diagnostics)
 
     @classmethod
     def from_config(cls, san) -> ConfusionSanitizer:
-        """From the `sanitizer` node alone: `clean` stays None and must be set before use."""
-        return cls(san.window, san.every, san.confusion_clean_size, san.confusion_rounds,
-                   san.confusion_pretrain_steps, san.confusion_iters, san.confusion_batch_size,
-                   san.confusion_lambda, san.confusion_batch_factor, san.confusion_lr,
-                   san.confusion_pretrain_lr, san.confusion_distill_first, san.confusion_distill_last,
-                   san.confusion_pca_dims, san.confusion_cov_ridge, san.confusion_ratio_threshold,
-                   san.confusion_max_ratio_threshold)
+        """From the `sanitizer` node alone: `clean` stays None and must be set before use
+        (`clean_set_from_config`), or use `from_full_config`."""
+        return cls(
+            window=san.window, every=san.every, clean_size=san.confusion_clean_size, rounds=san.confusion_rounds,
+            pretrain_steps=san.confusion_pretrain_steps, pretrain_lr=san.confusion_pretrain_lr,
+            iters=san.confusion_iters, lr=san.confusion_lr, lam=san.confusion_lambda,
+            batch_factor=san.confusion_batch_factor, batch_size=san.confusion_batch_size,
+            distill_first=san.confusion_distill_first, distill_last=san.confusion_distill_last,
+            prior_correction=san.confusion_prior_correction, fit_prob=san.confusion_fit_prob,
+            pca_dims=san.confusion_pca_dims, cov_ridge=san.confusion_cov_ridge,
+            ratio_threshold=san.confusion_ratio_threshold, max_ratio_threshold=san.confusion_max_ratio_threshold,
+            warm_start=san.confusion_warm_start)
 
     @classmethod
     def from_full_config(cls, cfg) -> ConfusionSanitizer:
@@ -308,6 +370,19 @@ class ConfusionSanitizer(WindowSanitizer):
         san = cls.from_config(cfg.sanitizer)
         san.clean = clean_set_from_config(cfg, san.clean_size)
         return san
+
+    # ------------------------------------------------------------------ Context.state
+    def sanitize(self, model: nn.Module, batches: list[Batch], context: Context, server_round: int
+                 ) -> tuple[list[Batch], list[Tensor]]:
+        """The window protocol (`WindowSanitizer.sanitize`), with the warm-start base read from
+        and written back to the node's `Context.state` (ArrayRecord `WARM_KEY`)."""
+        if self.warm_start:
+            self.warm_state = load_warm_state(context)
+        out = super().sanitize(model, batches, context, server_round)
+        if self.warm_start and self.warm_state is not None:
+            context.state.array_records[WARM_KEY] = ArrayRecord(
+                {k: Array(v.numpy()) for k, v in self.warm_state.items()})
+        return out
 
     # ------------------------------------------------------------------ training pieces
     @staticmethod
@@ -318,12 +393,14 @@ class ConfusionSanitizer(WindowSanitizer):
         return chunks
 
     def _pretrain(self, model: nn.Module, x: Tensor, y: Tensor, xc: Tensor | None, yc: Tensor | None,
-                  num_classes: int, gen: torch.Generator) -> int:
-        """`pretrain_steps` steps of plain SGD on shuffled epochs of (x, y) (plus the clean set
-        with wrong labels, re-drawn each epoch, when xc is given). Returns the steps taken."""
-        if self.pretrain_steps == 0 or self.pretrain_lr == 0 or len(y) == 0:
+                  num_classes: int, gen: torch.Generator, lr: float | None = None) -> int:
+        """`pretrain_steps` steps of plain SGD on shuffled epochs of (x, y) (plus, when xc is
+        given, the clean set labelled (y + 1) % C, the reference's shifted clean set). Returns
+        the steps taken."""
+        lr = self.pretrain_lr if lr is None else lr
+        if self.pretrain_steps == 0 or lr == 0 or len(y) == 0:
             return 0
-        opt = torch.optim.SGD(model.parameters(), lr=self.pretrain_lr, momentum=PRETRAIN_MOMENTUM,
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=PRETRAIN_MOMENTUM,
                               weight_decay=WEIGHT_DECAY)
         model.train()
         steps = 0
@@ -331,7 +408,7 @@ class ConfusionSanitizer(WindowSanitizer):
             xe, ye = x, y
             if xc is not None:
                 xe = torch.cat([x, xc])
-                ye = torch.cat([y, confusion_labels(yc, num_classes, gen)])
+                ye = torch.cat([y, (yc + 1) % num_classes])
             for b in self._epoch_batches(len(ye), self.batch_size, gen)[:self.pretrain_steps - steps]:
                 b = b.to(ye.device)
                 opt.zero_grad(set_to_none=True)
@@ -354,7 +431,7 @@ class ConfusionSanitizer(WindowSanitizer):
             if not clean_batches:
                 clean_batches = self._epoch_batches(len(yc), self.batch_size, gen)
             cb = clean_batches.pop(0).to(yc.device)
-            xs, ys = xc[cb], confusion_labels(yc[cb], num_classes, gen)
+            xs, ys = xc[cb], confusion_labels(yc[cb], num_classes, gen, self.per_batch)
             opt.zero_grad(set_to_none=True)
             if it % self.batch_factor == 0 and len(y):
                 if not win_batches:
@@ -380,18 +457,24 @@ class ConfusionSanitizer(WindowSanitizer):
         base = copy.deepcopy(model)
         for p in base.parameters():
             p.grad = None
+        if self.warm_start and self.warm_state is not None:
+            load_exchanged(base, self.warm_state)
         distilled = torch.arange(len(y), device=y.device)
         steps = 0
         confused = base
         for k in range(self.rounds):
             last = k == self.rounds - 1
             xd, yd = x[distilled], y[distilled]
-            steps += self._pretrain(base, xd, yd, xc if last else None, yc if last else None, num_classes, gen)
+            steps += self._pretrain(base, xd, yd, xc if last else None, yc if last else None, num_classes, gen,
+                                    lr=self.pretrain_lr if k == 0 else self.lr)
+            if k == 0 and self.warm_start:
+                self.warm_state = {n: v.detach().cpu().clone() for n, v in exchanged_state(base).items()}
             confused = copy.deepcopy(base)
             weights = torch.ones(num_classes) if last else class_balance_weights(yd, num_classes)
             steps += self._confuse(confused, xd, yd, xc, yc, weights, num_classes, gen)
             if not last:
-                loss, _, _ = predict(confused, x, y)
+                logp, _ = predict(confused, x)
+                loss = fit_loss(logp, y, self.prior_correction)
                 keep = distill_indices(loss.cpu().numpy(), y.cpu().numpy(), ratios[k], num_classes)
                 distilled = torch.from_numpy(keep).to(y.device)
         return confused, steps
@@ -414,8 +497,8 @@ class ConfusionSanitizer(WindowSanitizer):
         with torch.enable_grad():
             confused, steps = self.confused_model(model, x, y, num_classes, gen)
         self.stats[STEPS] = self.stats.get(STEPS, 0) + steps
-        _, logp, feats = predict(confused, x, y, features=True)
-        suspect = fitted(logp, y, self.fit_prob).cpu().numpy()
+        logp, feats = predict(confused, x, features=True)
+        suspect = fitted(logp, y, self.prior_correction, self.fit_prob).cpu().numpy()
         flagged, self.last_ratios = identify_poisons(
             feats.double().cpu().numpy(), y.cpu().numpy(), suspect, num_classes, self.pca_dims, self.cov_ridge,
             self.ratio_threshold, self.max_ratio_threshold)
