@@ -42,6 +42,11 @@ def run_label(run: Path) -> str:
     attack = OmegaConf.select(cfg, "attack.name")
     if attack and attack != "none":
         label += f" vs {attack}"
+    poison, sanitizer = OmegaConf.select(cfg, "stream_poison.name"), OmegaConf.select(cfg, "sanitizer.name")
+    if poison and poison != "none":
+        label += f" stream:{poison}"
+    if sanitizer and sanitizer != "none":
+        label += f" sanitizer:{sanitizer}"
     return f"{label} n={cfg.num_clients} seed={cfg.seed}"
 
 
@@ -59,18 +64,23 @@ def report(paths: list[Path], out: Path | None = None, console: Console | None =
     for name, _ in COLUMNS:
         table.add_column(name, justify="right")
     table.add_column("TPR/FPR", justify="right")
+    table.add_column("sanitizer P/R", justify="right")
     table.add_column("s/round", justify="right")
     curves, rows = {}, []
     for run in runs:
         summary = json.loads((run / "summary.json").read_text())
         label = run_label(run)
         det = summary.get("detection") or {}
+        san = summary.get("sanitizer") or {}
         row = {"run": label, "dir": str(run), **{key: summary.get(key) for _, key in COLUMNS},
                "tpr": det.get("tpr"), "fpr": det.get("fpr"),
+               "sanitizer_precision": san.get("precision"), "sanitizer_recall": san.get("recall"),
                "round_s_mean": summary["timing"].get("round_s_mean")}
         rows.append(row)
         table.add_row(label, run.name, *[_fmt(row[key]) for _, key in COLUMNS],
-                      f"{_fmt(row['tpr'])}/{_fmt(row['fpr'])}" if det else "-", _fmt(row["round_s_mean"]))
+                      f"{_fmt(row['tpr'])}/{_fmt(row['fpr'])}" if det else "-",
+                      f"{_fmt(row['sanitizer_precision'])}/{_fmt(row['sanitizer_recall'])}" if san else "-",
+                      _fmt(row["round_s_mean"]))
         curves[f"{label} [{run.name}]"] = read_jsonl(run / "rounds.jsonl")
     console.print(table)
     out_dir = out or (runs[0].parent if len(runs) > 1 else runs[0])
