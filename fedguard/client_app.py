@@ -28,7 +28,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.app_config import config_from_context
-from fedguard.attacks.client import malicious_set, malicious_train, server_round_of
+from fedguard.attacks.client import attack_info, malicious_set, malicious_train, server_round_of
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.faults import corrupt, fail_before_training, fault_for
@@ -135,7 +135,8 @@ def train(msg: Message, context: Context) -> Message:
         **sanitizer_metrics,  # stream-poisoned, sanitizer-flagged-poisoned: ground truth, recorder only
     })
     info = ConfigRecord({"ray-node": ray_node_id(), "pid": os.getpid(), "device": str(device),
-                         STATE_INFO_KEY: state_json(context)})
+                         STATE_INFO_KEY: state_json(context),
+                         **attack_info(context)})  # attack.stealth_drop: attack-stopped, attack-val-acc
     content = RecordDict({"arrays": arrays, "metrics": metrics, "info": info})
     content = corrupt(fault, content, cfg.seed, server_round, partition_id)  # hostile-reply faults
     return Message(content=content, reply_to=msg)

@@ -164,7 +164,7 @@ class AttackConfig:
     sign: int = -1  # accumulation direction sign*grad cos(g_trigger, g_val); -1 pairs with sgd
     trigger_mode: str = "sgd"  # sgd | reverse | val_ascent
     norm_bound: float = 1.0  # trigger update norm, as a multiple of the honest update norm
-    trigger_steps: int | None = None  # SGD steps on the trigger batch; null -> local_steps (1 = trained on once)
+    trigger_steps: int | None = None  # SGD steps on the trigger batch (both forms); null -> local_steps (1 = trained on once)
     accumulate_norm: float = 1.0  # accumulate update norm, as a multiple of the honest update norm
     eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
     steps: int = 2  # data form: signed-gradient steps per poisoned batch
@@ -240,9 +240,9 @@ class SanitizerConfig:
     # --- confusion fields
     confusion_clean_size: int = 200  # confusion: clean samples handed to the client (first of the server's validation split)
     confusion_rounds: int = 2  # confusion: confusion rounds (pretrain, confuse, distill), the last one without distillation (paper 6)
-    confusion_pretrain_steps: int = 32  # confusion: SGD steps of (batch_size) pretraining per round (paper 40-100 epochs)
+    confusion_pretrain_steps: int = 48  # confusion: SGD steps of (batch_size) pretraining per round (paper 40-100 epochs)
     confusion_pretrain_lr: float = 0.05  # confusion: learning rate of round 0's pretraining on the window (later rounds use confusion_lr)
-    confusion_iters: int = 16  # confusion: confusion steps per round (paper 2000-6000)
+    confusion_iters: int = 24  # confusion: confusion steps per round (paper 2000-6000)
     confusion_lr: float = 0.01  # confusion: learning rate of the confusion steps and of the later rounds' pretraining
     confusion_lambda: float = 10.0  # confusion: loss ((lambda - 1) * confusion + window) / lambda (paper 15-30)
     confusion_batch_factor: int = 2  # confusion: every this many confusion steps also trains on a window batch (paper 2)
@@ -582,6 +582,10 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
     if san.confusion_ratio_threshold < 1 or san.confusion_max_ratio_threshold < 1:
         _fail("sanitizer.confusion_ratio_threshold", (san.confusion_ratio_threshold, san.confusion_max_ratio_threshold),
               "likelihood ratios >= 1 (both thresholds)")
+    if san.name == "confusion" and san.confusion_warm_start and cfg.backend.num_supernodes is not None:
+        _fail("sanitizer.confusion_warm_start", san.confusion_warm_start,
+              "false with virtual clients (backend.num_supernodes): the server carries a client's JSON "
+              "state only, not the warm-start model")
 
 
 def _validate_data_files(cfg: DictConfig) -> None:

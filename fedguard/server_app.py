@@ -42,7 +42,7 @@ from fedguard.app_config import config_from_context
 from fedguard.client_app import PARTITION_KEY, RESUME_KEY, STATE_INFO_KEY
 from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
 from fedguard.attacks.backdoor import round_asr
-from fedguard.attacks.client import malicious_set, round_phase
+from fedguard.attacks.client import INFO_STOPPED, INFO_VAL_ACC, malicious_set, round_phase
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
@@ -101,6 +101,8 @@ def client_rows(replies: list[Message], partition_of: dict[int, int], notes: Rou
                        client_train_s=metrics.get("train_s"), ray_node=info.get("ray-node"),
                        actor_pid=info.get("pid"), device=info.get("device"))
             row.update(record_fields(metrics))  # stream-poison / sanitiser counts (recorder only)
+            if INFO_STOPPED in info:  # accumulative attack with attack.stealth_drop (ground truth side)
+                row.update(attack_stopped=bool(info[INFO_STOPPED]), attack_val_acc=info.get(INFO_VAL_ACC))
         row.update(notes.clients.get(node, {}))
         rows.append(row)
     return sorted(rows, key=lambda r: (r["partition_id"] is None, r["partition_id"]))

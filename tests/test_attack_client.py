@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -10,14 +11,20 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedguard.attacks.client import (
+    STATE_KEY,
+    attack_info,
     attacker_data,
     craft,
+    heldout_accuracy,
     heldout_split,
     malicious_set,
     malicious_train,
     round_phase,
+    stealth_step,
 )
+from fedguard.attacks.objectives import model_params, perturb_trigger
 from fedguard.attacks.plan import malicious_ids
+from fedguard.client_app import state_json
 from fedguard.config import ConfigError, compose, flatten, validate
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
@@ -101,6 +108,20 @@ def test_data_form_trains_on_poisoned_batches():
     assert not torch.allclose(crafted.update, crafted.honest_update, atol=1e-6)
 
 
+def test_data_form_trigger_trained_trigger_steps_times():
+    """attack.trigger_steps=1: the data form's trigger round is ONE SGD step on the optimised
+    trigger batch (the paper's online protocol); null keeps a whole local round on it."""
+    for steps, expected_steps in (("1", 1), ("null", 2)):  # TINY: local_steps=2
+        cfg = config("accumulative", *ACC, "attack.form=data", f"attack.trigger_steps={steps}")
+        crafted, data, model = round_of(cfg, 4)
+        assert crafted.phase == "trigger" and crafted.attacking
+        model.eval()
+        x_trig = perturb_trigger(model, model_params(model), data.x_trig, data.y_trig, data.x_val, data.y_val,
+                                 eps=cfg.attack.eps, steps=cfg.attack.steps, sign=cfg.attack.sign)
+        expected = honest_update(cfg, model, [(x_trig, data.y_trig)] * expected_steps)
+        assert torch.allclose(crafted.update, expected, atol=1e-6), steps
+
+
 def test_sign_flip_scaling_gaussian_label_flip_relations():
     crafted, _, _ = round_of(config("sign_flip"), 1)
     assert crafted.attacking and torch.allclose(crafted.update, -crafted.honest_update)
@@ -170,6 +191,8 @@ def test_phase_and_ground_truth():
      "attack.trigger_mode"),
     (["attack=accumulative", "num_malicious=1", "attack.norm_bound=0"], "attack.norm_bound"),
     (["attack=accumulative", "num_malicious=1", "attack.sign=2"], "attack.sign"),
+    (["attack=accumulative", "num_malicious=1", "attack.stealth_drop=0"], "attack.stealth_drop"),
+    (["attack=accumulative", "num_malicious=1", "attack.stealth_drop=-0.1"], "attack.stealth_drop"),
 ])
 def test_invalid_attack_config(overrides, key):
     with pytest.raises(ConfigError, match=f"{key}=.*allowed:"):
@@ -192,3 +215,90 @@ def test_accuracy_before_trigger(tmp_path, trigger, before):
 def test_attacks_without_trigger_record_attack_rounds_not_a_trigger():
     cfg = compose(["attack=sign_flip", "num_malicious=1", "num_clients=4", "rounds=3"])
     assert [round_phase(cfg, r) for r in (1, 2, 3)] == ["attack", "attack", "attack"]
+
+
+# ------------------------------------------------------------------ stealth rule (attack.stealth_drop)
+
+def test_stealth_step_reference_threshold_and_latch():
+    state = stealth_step(None, 0.5, 0.25, server_round=3)  # first accuracy seen: the reference
+    assert state == {"reference": 0.5, "accuracy": 0.5, "stopped": False, "stopped_round": 0}
+    state = stealth_step(state, 0.25, 0.25, server_round=4)  # exactly the allowed drop: keeps going
+    assert not state["stopped"] and state["reference"] == 0.5 and state["accuracy"] == 0.25
+    state = stealth_step(state, 0.2, 0.25, server_round=5)  # more than the allowed drop: stops
+    assert state["stopped"] and state["stopped_round"] == 5
+    state = stealth_step(state, 0.9, 0.25, server_round=6)  # recovered accuracy: stays stopped
+    assert state == {"reference": 0.5, "accuracy": 0.9, "stopped": True, "stopped_round": 5}
+    assert json.loads(json.dumps(state)) == state  # JSON-able (carried by the server for virtual clients)
+
+
+def test_stealth_step_null_never_stops_and_rises_do_not_move_reference():
+    state = None
+    for rnd, acc in enumerate((0.6, 0.0, 0.1, 0.0), start=2):
+        state = stealth_step(state, acc, None, rnd)
+    assert not state["stopped"] and state["reference"] == 0.6
+    state = stealth_step(stealth_step(None, 0.4, 0.1, 2), 0.9, 0.1, 3)
+    assert state["reference"] == 0.4 and not state["stopped"]
+
+
+def _trained_and_broken(cfg, x_val, y_val):
+    """A global model that is accurate on the held-out batch, and a copy whose output layer
+    predicts one class only (the accuracy drop the attacker must notice)."""
+    model, _ = global_model(cfg)
+    pool = splits_from_config(cfg).pool
+    x, y = torch.from_numpy(pool.x[:640]), torch.from_numpy(pool.y[:640])
+    sgd_steps(model, [(x[i:i + 64], y[i:i + 64]) for i in range(0, 640, 64)] * 8, 0.1, 0.9, CPU)
+    broken = copy.deepcopy(model)
+    last = [m for m in broken.modules() if isinstance(m, torch.nn.Linear)][-1]
+    rare = int(torch.bincount(y_val, minlength=10).argmin())  # the rarest class of S_val
+    with torch.no_grad():
+        last.bias[rare] += 1e4
+    good, bad = heldout_accuracy(model, x_val, y_val, CPU), heldout_accuracy(broken, x_val, y_val, CPU)
+    assert good > 0.5 and bad < good - 0.3, (good, bad)
+    return model, broken
+
+
+def _train_message(model, server_round: int):
+    content = RecordDict({"arrays": model_to_arrays(model), "config": ConfigRecord({"server-round": server_round})})
+    return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def _carried(cfg, pid: int, ctx: Context) -> Context:
+    """A fresh Context holding `ctx`'s state after a JSON round trip (virtual clients, resume)."""
+    fresh = context(cfg, pid)
+    for name, values in json.loads(state_json(ctx)).items():
+        fresh.state.config_records[name] = ConfigRecord(values)
+    return fresh
+
+
+@pytest.mark.parametrize("form", ["update", "data"])
+def test_stealth_drop_client_replies_honestly_after_the_drop(flower_identity, form):
+    """Accumulate rounds 2-4, trigger 5, stealth_drop tiny. Round 2 sees an accurate global
+    model (reference, attacks); round 3 a broken one (drop seen: honest reply); round 4 the
+    accurate one again (stays stopped: honest); round 5 the trigger fires anyway."""
+    cfg = config("accumulative", "rounds=5", "attack.trigger_round=5", "attack.accumulate_rounds=3",
+                 f"attack.form={form}", "attack.stealth_drop=1e-6")
+    pid = attacker(cfg)
+    ctx, shadow = context(cfg, pid), context(cfg, pid)  # shadow: the same stream batches, for the honest reference
+    val = attacker_data(cfg, context(cfg, pid), pid)
+    good, bad = _trained_and_broken(cfg, val.x_val, val.y_val)
+    for rnd, model, honest_expected, stopped in ((2, good, False, False), (3, bad, True, True),
+                                                 (4, good, True, True), (5, good, False, True)):
+        ctx = _carried(cfg, pid, ctx)
+        arrays, _, _ = malicious_train(cfg, _train_message(model, rnd), ctx, model, pid, CPU)
+        batches = attacker_data(cfg, shadow, pid).batches
+        honest = flat_from_arrays(model_to_arrays(model)) + honest_update(cfg, model, batches)
+        is_honest = torch.allclose(flat_from_arrays(arrays), honest, atol=1e-5)
+        assert is_honest == honest_expected, (rnd, form)
+        state = dict(ctx.state.config_records[STATE_KEY])
+        assert state["stopped"] == stopped and state["stopped_round"] == (3 if stopped else 0)
+        assert attack_info(ctx)["attack-stopped"] == stopped
+    assert state["reference"] == pytest.approx(heldout_accuracy(good, val.x_val, val.y_val, CPU))
+
+
+def test_stealth_drop_null_keeps_no_state(flower_identity):
+    cfg = config("accumulative", *ACC)
+    pid = attacker(cfg)
+    ctx = context(cfg, pid)
+    model, _ = global_model(cfg)
+    malicious_train(cfg, _train_message(model, 2), ctx, model, pid, CPU)
+    assert STATE_KEY not in ctx.state.config_records and attack_info(ctx) == {}

@@ -25,8 +25,16 @@ global model trained on this round's stream batches).
   `local_steps` steps of size `lr`). Buffers (BatchNorm statistics) stay the global ones.
 - accumulative, form=data: the client trains (ordinary local SGD) on poisoned data instead:
   `perturb_batch` copies of its stream batches in accumulate rounds, the `perturb_trigger`
-  batch (`local_steps` times) in the trigger round. No norm is imposed: a data poisoner
-  controls the data, not the update.
+  batch (`trigger_steps` times; null: `local_steps` times) in the trigger round. No norm is
+  imposed: a data poisoner controls the data, not the update.
+- accumulative, stealth (`attack.stealth_drop`, both forms): in each accumulate round the
+  client first measures the accuracy of the global model it received on its held-out S_val;
+  the first measurement is its reference, and once an accuracy falls more than `stealth_drop`
+  below it (`stealth_step`) the client replies honestly for the rest of the accumulate phase.
+  The trigger round fires regardless. The reference and the decision live in Context.state
+  (ConfigRecord `STATE_KEY`, JSON-able scalars, so virtual clients and resumes carry them) and
+  are reported in the reply's ConfigRecord "info" (`attack_info`: `attack-stopped`,
+  `attack-val-acc`; clients.jsonl `attack_stopped`, `attack_val_acc`).
 - label_flip: trains on y -> num_classes - 1 - y.
 - sign_flip: global - honest update; scaling: global + scale * honest update (on parameters;
   BatchNorm statistics keep the honest values, which a negated or scaled running variance
@@ -51,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from torch import Tensor, nn
 
 from fedguard.attacks.backdoor import poison_batch, trigger_from_config
@@ -72,6 +80,8 @@ from fedguard.streams import next_batches
 from fedguard.training import sgd_steps
 
 _VAL_SALT, _TRIGGER_SALT, _NOISE_SALT, _POISON_SALT = 1, 2, 3, 4
+STATE_KEY = "attack"  # Context.state ConfigRecord of the stealth rule (see `stealth_step`)
+INFO_STOPPED, INFO_VAL_ACC = "attack-stopped", "attack-val-acc"  # reply ConfigRecord "info" keys
 OMNISCIENT_ATTACKS = ("alie", "ipm")  # crafted server-side (strategies/omniscient.py)
 
 
@@ -188,12 +198,15 @@ def _train_copy(model: nn.Module, batches, cfg, device) -> tuple[nn.Module, floa
 
 
 def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: torch.device,
-          num_classes: int, partition_id: int = 0) -> Crafted:
+          num_classes: int, partition_id: int = 0, stopped: bool = False) -> Crafted:
     """The malicious client's update for `server_round`. `model` holds the global weights
-    on `device` and is left unchanged."""
+    on `device` and is left unchanged. `stopped` (the stealth rule fired, see `stealth_step`)
+    makes an accumulate round honest."""
     a = cfg.attack
     plan = attack_plan(cfg)
     phase, attacking = plan.phase(server_round), plan.attacking(server_round)
+    if stopped and phase == "accumulate":
+        attacking = False
     global_flat = _flat(model)
     honest, honest_loss = _train_copy(model, data.batches, cfg, device)
     honest_update = _flat(honest) - global_flat
@@ -252,11 +265,67 @@ def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, d
         batches = [(perturb_batch(model, params, x.to(device), y.to(device), xt, yt, xv, yv, eps=a.eps,
                                   steps=a.steps, sign=a.sign, direction=d), y)
                    for x, y in data.batches]
-    else:  # the optimised trigger batch, trained on like an ordinary local round
+    else:  # the optimised trigger batch, trained on `trigger_steps` times (null: a whole local round)
         x_trig = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
-        batches = [(x_trig, yt)] * cfg.local_steps
+        batches = [(x_trig, yt)] * (a.trigger_steps if a.trigger_steps is not None else cfg.local_steps)
     trained, loss = _train_copy(model, batches, cfg, device)
     return done(_flat(trained) - global_flat, loss, trained)
+
+
+# ------------------------------------------------------------------------------- stealth
+
+def stealth_step(state: dict | None, accuracy: float, stealth_drop: float | None,
+                 server_round: int) -> dict:
+    """The stealth rule's state after seeing `accuracy` (held-out accuracy of the received
+    global model) in an accumulate round; a pure function of JSON-able values.
+
+    `state` is the previous result (None before the first accumulate round seen). The first
+    accuracy seen becomes the `reference`; the rule fires (`stopped` True, `stopped_round` =
+    this round) the first time `accuracy < reference - stealth_drop`, and stays fired.
+    `stealth_drop` None never fires. `stopped_round` is 0 while not stopped.
+    """
+    prev = dict(state) if state else {}
+    reference = float(prev["reference"]) if "reference" in prev else float(accuracy)
+    stopped = bool(prev.get("stopped", False))
+    stopped_round = int(prev.get("stopped_round", 0))
+    if not stopped and stealth_drop is not None and accuracy < reference - float(stealth_drop):
+        stopped, stopped_round = True, int(server_round)
+    return {"reference": reference, "accuracy": float(accuracy), "stopped": stopped,
+            "stopped_round": stopped_round}
+
+
+@torch.no_grad()
+def heldout_accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.device) -> float:
+    """Accuracy of `model` (eval mode, restored afterwards) on the batch (x, y)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return float((model(x.to(device)).argmax(1) == y.to(device)).float().mean())
+    finally:
+        model.train(was_training)
+
+
+def stealth_stopped(cfg, context: Context, server_round: int, model: nn.Module, data: AttackData,
+                    device: torch.device) -> bool:
+    """Apply the stealth rule for this train call (accumulative attack with `stealth_drop`
+    set, accumulate rounds only; updates Context.state[STATE_KEY]); whether to reply honestly."""
+    a = cfg.attack
+    if a.name != "accumulative" or a.stealth_drop is None or attack_plan(cfg).phase(server_round) != "accumulate":
+        return False
+    record = context.state.config_records.get(STATE_KEY)
+    acc = heldout_accuracy(model, data.x_val, data.y_val, device)
+    state = stealth_step(dict(record) if record is not None else None, acc, a.stealth_drop, server_round)
+    context.state.config_records[STATE_KEY] = ConfigRecord(state)
+    return state["stopped"]
+
+
+def attack_info(context: Context) -> dict:
+    """Reply ConfigRecord "info" entries of the stealth rule (empty before it ran): whether
+    the client has stopped accumulating and its last held-out accuracy."""
+    record = context.state.config_records.get(STATE_KEY)
+    if record is None:
+        return {}
+    return {INFO_STOPPED: bool(record["stopped"]), INFO_VAL_ACC: float(record["accuracy"])}
 
 
 # ------------------------------------------------------------------------------ the reply
@@ -268,7 +337,9 @@ def malicious_train(cfg, msg: Message, context: Context, model: nn.Module, parti
     `model` holds the global weights (on `device`); it is left unchanged."""
     data = attacker_data(cfg, context, partition_id)
     num_classes = splits_from_config(cfg).num_classes
-    crafted = craft(cfg, server_round_of(msg), model, data, device, num_classes, partition_id)
+    server_round = server_round_of(msg)
+    stopped = stealth_stopped(cfg, context, server_round, model, data, device)
+    crafted = craft(cfg, server_round, model, data, device, num_classes, partition_id, stopped)
     if crafted.trained is not None:
         arrays = model_to_arrays(crafted.trained)
     else:
