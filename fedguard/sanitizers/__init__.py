@@ -89,8 +89,8 @@ def build_sanitizer(cfg) -> Sanitizer:
         return Sanitizer()
     if name not in SANITIZER_CLASSES:
         raise ValueError(f"unknown sanitizer {name!r}; allowed: none, {', '.join(SANITIZER_CLASSES)}")
-    module, name = SANITIZER_CLASSES[name].rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), name)
+    module, class_name = SANITIZER_CLASSES[name].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), class_name)
     # a sanitiser that needs more than its own config node (confusion: the server's clean set)
     return cls.from_full_config(cfg) if hasattr(cls, "from_full_config") else cls.from_config(san)
 
@@ -105,7 +105,7 @@ def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch]
     `ids[i]` are the pool ids of batch i's samples and `fetch(ids) -> (x, y)` re-reads stream
     samples by id (what a window sanitiser, `sanitizers/window.py`, buffers).
     """
-    if hasattr(sanitizer, "batch_ids"):
+    if hasattr(sanitizer, "batch_ids"):  # a window sanitiser (sanitizers/window.py)
         sanitizer.batch_ids, sanitizer.fetch = ids, fetch
     from fedguard.training import sgd_steps
 
