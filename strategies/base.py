@@ -17,6 +17,9 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from torch import Tensor
+
+from fedguard.models import flat_from_arrays
 
 
 class RoundNotes:
@@ -43,6 +46,11 @@ class RoundNotes:
             yield
         finally:
             self.timing[key] += time.perf_counter() - start
+
+
+def arrays_key(msg: Message) -> str:
+    """Name of the ArrayRecord a reply carries (the reply validator checked there is one)."""
+    return next(iter(msg.content.array_records))
 
 
 class StrategyWrapper(Strategy):
@@ -77,6 +85,11 @@ class StrategyWrapper(Strategy):
     def state_dict(self) -> dict[str, Any]:
         inner = self.inner.state_dict() if isinstance(self.inner, StrategyWrapper) else None
         return {"inner": inner}
+
+    def flat_updates(self, replies: list[Message]) -> tuple[Tensor, list[Tensor]]:
+        """(the flat global model of this round, each reply's flat update `w_i - w_global`)."""
+        base = flat_from_arrays(self.global_arrays)
+        return base, [flat_from_arrays(m.content[arrays_key(m)]) - base for m in replies]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(self.inner, StrategyWrapper) and state.get("inner") is not None:

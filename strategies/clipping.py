@@ -14,8 +14,8 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedguard.models import arrays_from_flat, flat_from_arrays
-from strategies.base import RoundNotes, StrategyWrapper
+from fedguard.models import arrays_from_flat
+from strategies.base import RoundNotes, StrategyWrapper, arrays_key
 
 
 def clip_factors(norms: np.ndarray, bound: float) -> np.ndarray:
@@ -42,16 +42,13 @@ class NormClipping(StrategyWrapper):
         return self.inner.aggregate_train(server_round, replies)
 
     def _clip(self, replies: list[Message]) -> None:
-        base = flat_from_arrays(self.global_arrays)
-        updates = [flat_from_arrays(m.content.array_records[next(iter(m.content.array_records))]) - base
-                   for m in replies]
+        base, updates = self.flat_updates(replies)
         norms = np.array([u.norm().item() for u in updates])
         bound = self.clip_norm if self.clip_norm is not None else self.multiplier * float(np.median(norms))
         factors = clip_factors(norms, bound)
         for msg, update, norm, factor in zip(replies, updates, norms, factors):
-            key = next(iter(msg.content.array_records))
             if factor < 1.0:
                 clipped = base + update * torch.tensor(float(factor))
-                msg.content[key] = arrays_from_flat(clipped, self.global_arrays)
+                msg.content[arrays_key(msg)] = arrays_from_flat(clipped, self.global_arrays)
             self.notes.clients[msg.metadata.src_node_id].update(
                 update_norm=float(norm), clip_bound=float(bound), clip_factor=float(factor))

@@ -35,7 +35,6 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedguard.models import flat_from_arrays
 from fedguard.sanitizers.epic import (
     assign_to_medoids,
     class_budget,
@@ -73,9 +72,7 @@ class EPICUpdates(StrategyWrapper):
         if len(valid) < 2 or self.global_arrays is None:
             return self.inner.aggregate_train(server_round, replies)
         with self.notes.timed("defense_s"):
-            base = flat_from_arrays(self.global_arrays)
-            updates = torch.stack([flat_from_arrays(m.content.array_records[next(iter(m.content.array_records))]) - base
-                                   for m in valid])
+            updates = torch.stack(self.flat_updates(valid)[1])
             dropped, sizes = isolated_updates(updates, self.fraction, self.max_cluster)
             for msg, drop, size, update in zip(valid, dropped.tolist(), sizes.tolist(), updates):
                 self.notes.clients[msg.metadata.src_node_id].update(

@@ -35,7 +35,7 @@ from fedguard.defense.md import batched_md, unflatten_state
 from fedguard.defense.thresholds import MAD_TO_SIGMA, schedule_threshold
 from fedguard.models import arrays_from_flat, flat_from_arrays
 from fedguard.streams import IndexStream, StreamCursor
-from strategies.base import RoundNotes, StrategyWrapper
+from strategies.base import RoundNotes, StrategyWrapper, arrays_key
 
 VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
 
@@ -190,7 +190,7 @@ class MDDSC(StrategyWrapper):
 
     def _defend(self, server_round: int, base: torch.Tensor, replies: list[Message]) -> list[Message]:
         x, y = self._val_batch()
-        keys = [next(iter(m.content.array_records)) for m in replies]
+        keys = [arrays_key(m) for m in replies]
         stacked = torch.stack([flat_from_arrays(m.content[k]) for m, k in zip(replies, keys)]).to(self.device)
         scores = self.scores(stacked, x).cpu().numpy()
         tau = self.threshold(server_round, scores)

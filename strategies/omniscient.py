@@ -31,8 +31,8 @@ from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
 from fedguard.attacks.plan import AttackPlan
-from fedguard.models import arrays_from_flat, flat_from_arrays
-from strategies.base import RoundNotes, StrategyWrapper
+from fedguard.models import arrays_from_flat
+from strategies.base import RoundNotes, StrategyWrapper, arrays_key
 
 OMNISCIENT = ("alie", "ipm")
 
@@ -89,9 +89,8 @@ class OmniscientAttack(StrategyWrapper):
         bad = [m for m in valid if self.is_malicious(m)]
         if not bad:
             return None
-        base = flat_from_arrays(self.global_arrays)
-        key = lambda m: next(iter(m.content.array_records))  # noqa: E731
-        updates = {id(m): flat_from_arrays(m.content[key(m)]) - base for m in valid}
+        base, flat = self.flat_updates(valid)
+        updates = {id(m): u for m, u in zip(valid, flat)}
         honest = [updates[id(m)] for m in valid if not self.is_malicious(m)] or [updates[id(m)] for m in bad]
         stacked = torch.stack(honest)
         if self.kind == "alie":
@@ -103,7 +102,7 @@ class OmniscientAttack(StrategyWrapper):
         for msg in bad:
             own = updates[id(msg)]
             update = crafted if self.param_mask is None else torch.where(self.param_mask, crafted, own)
-            msg.content[key(msg)] = arrays_from_flat(base + update, self.global_arrays)
+            msg.content[arrays_key(msg)] = arrays_from_flat(base + update, self.global_arrays)
         self.notes.round["crafted_replies"] = len(bad)
         return crafted
 
