@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cells import fmt, mean, run_cells  # noqa: E402
 from fedguard.config import ATTACKS  # noqa: E402
 
 DEFENSES = {
@@ -35,10 +32,12 @@ DEFENSES = {
     "mddsc": ["defense=mddsc"],
     "mddsc(median)": ["defense=mddsc", "defense.inner=median"],
 }
+USES_F = {"krum", "multikrum", "bulyan"}  # defenses that take the assumed number of attackers
 ATTACK_PRESETS = {
     "none": ["attack=none"],
-    "accumulative": ["attack=accumulative", "attack.norm_bound=10"],
-    "accumulative_data": ["attack=accumulative", "attack.form=data", "attack.eps=0.2"],
+    # the same overrides as benchmarks/attack_table.py's cells, which are then shared
+    "accumulative": ["attack=accumulative", "attack.form=update", "attack.norm_bound=10", "attack.accumulate_rounds=5"],
+    "accumulative_data": ["attack=accumulative", "attack.form=data", "attack.eps=0.2", "attack.accumulate_rounds=5"],
     "sign_flip": ["attack=sign_flip"],
     "alie": ["attack=alie"],
     "ipm": ["attack=ipm"],
@@ -46,31 +45,19 @@ ATTACK_PRESETS = {
 }
 
 
-def run_cell(out: Path, overrides: list[str]) -> dict:
-    if not (out / "summary.json").is_file():
-        proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *overrides, "progress=false",
-                               f"hydra.run.dir={out}"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads((out / "summary.json").read_text())
-
-
-def mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.mean(values) if values else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--root", help="dataset.root (mnist/cifar10)")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--trigger-round", type=int, default=18)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--trigger-round", type=int, default=11)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--malicious", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
     parser.add_argument("--attacks", nargs="+", default=list(ATTACK_PRESETS))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
+    parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
     parser.add_argument("--out", default="benchmarks/results/defense_matrix")
     args = parser.parse_args()
 
@@ -79,47 +66,52 @@ def main() -> None:
     base = [f"dataset={args.dataset}", f"num_clients={args.clients}", f"rounds={args.rounds}"]
     if args.root:
         base.append(f"dataset.root={args.root}")
-    rows, skipped = [], []
-    for attack in args.attacks:
-        name = ATTACK_PRESETS[attack][0].split("=", 1)[1]
-        if name not in ATTACKS:
-            skipped.append(attack)
-            continue
+    skipped = [a for a in args.attacks if ATTACK_PRESETS[a][0].split("=", 1)[1] not in ATTACKS]
+    attacks = [a for a in args.attacks if a not in skipped]
+    cells: dict[tuple, list[str]] = {}
+    for attack in attacks:
         attack_args = ATTACK_PRESETS[attack] + (
-            [f"num_malicious={args.malicious}", f"attack.trigger_round={args.trigger_round}"]
-            if name != "none" else [])
+            [f"num_malicious={args.malicious}", f"attack.trigger_round={args.trigger_round}"] if attack != "none" else [])
         for defense in args.defenses:
-            cells = [run_cell(out / f"{attack}__{defense}__s{seed}", base + attack_args + DEFENSES[defense]
-                              + [f"seed={seed}", f"defense.assumed_malicious={args.malicious}"])
-                     for seed in args.seeds]
-            ok = [c for c in cells if "error" not in c]
+            # no attacker: krum/multikrum/bulyan still assume the attacked runs' f
+            f_arg = [f"defense.assumed_malicious={args.malicious}"] if attack == "none" and defense in USES_F else []
+            for seed in args.seeds:
+                cells[attack, defense, seed] = base + attack_args + DEFENSES[defense] + f_arg + [f"seed={seed}"]
+    done = run_cells(Path(args.runs), cells, args.jobs)
+
+    rows = []
+    for attack in attacks:
+        for defense in args.defenses:
+            summaries = [done[attack, defense, seed] for seed in args.seeds]
+            ok = [c for c in summaries if "error" not in c]
             det = [(c.get("detection") or {}).get("attack_rounds") or {} for c in ok]
+            timing = [c["timing"] for c in ok]
             row = {"attack": attack, "defense": defense, "seeds": len(ok),
                    "final_accuracy": mean([c["final_accuracy"] for c in ok]),
                    "trigger_drop": mean([c["trigger_drop"] for c in ok]),
                    "attack_success_rate": mean([c["attack_success_rate"] for c in ok]),
                    "tpr": mean([d.get("tpr") for d in det]), "fpr": mean([d.get("fpr") for d in det]),
-                   "round_s": mean([c["timing"]["round_s_mean"] for c in ok]),
-                   "errors": "; ".join(c["error"] for c in cells if "error" in c)}
+                   "round_s": mean([t["round_s_mean"] for t in timing]),
+                   "train_s": mean([t["train_s"] for t in timing]),
+                   "defense_s": mean([t["defense_s"] for t in timing]),
+                   "errors": "; ".join(c["error"] for c in summaries if "error" in c)}
             rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
     with open(out / "matrix.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| attack | defense | final acc | trigger drop | ASR | TPR | FPR | s/round |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| attack | defense | final acc | trigger drop | ASR | TPR | FPR | s/round | train s | defense s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['attack']} | {r['defense']} | {fmt(r['final_accuracy'])} | {fmt(r['trigger_drop'])} | "
-              f"{fmt(r['attack_success_rate'])} | {fmt(r['tpr'])} | {fmt(r['fpr'])} | {fmt(r['round_s'])} |"
+              f"{fmt(r['attack_success_rate'])} | {fmt(r['tpr'])} | {fmt(r['fpr'])} | {fmt(r['round_s'])} | "
+              f"{fmt(r['train_s'])} | {fmt(r['defense_s'])} |"
               for r in rows]
     if skipped:
         lines.append(f"\nnot implemented in this version (skipped): {', '.join(skipped)}")
     (out / "matrix.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    attacks = [a for a in args.attacks if a not in skipped]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     width = 0.8 / max(1, len(args.defenses))
     for i, defense in enumerate(args.defenses):

@@ -90,6 +90,7 @@ class ThresholdConfig:
 class CorrectionConfig:
     """mddsc: what happens to a flagged update."""
     method: str = "scale"  # scale | pgd | drop
+    scale_iters: int = 8  # scale: bisection steps (alpha within 2**-scale_iters of the threshold's edge)
     pgd_eps: float = 0.5  # L2 radius, as a fraction of the update norm
     pgd_steps: int = 10
     pgd_lr: float = 0.05

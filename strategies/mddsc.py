@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from fedguard.defense.correction import batched_scale_correction, scale_correction
 from fedguard.defense.history import ModelHistory
-from fedguard.defense.md import batched_md, unflatten_state
+from fedguard.defense.md import md_against, reference_logits, unflatten_state
 from fedguard.defense.thresholds import MAD_TO_SIGMA, schedule_threshold
 from fedguard.models import arrays_from_flat, flat_from_arrays
 from fedguard.streams import IndexStream, StreamCursor
@@ -48,7 +48,7 @@ class MDDSC(StrategyWrapper):
                  reference: str = "lag", lag: int = 1,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 3.0,
                  min_log_spread: float = 0.1,
-                 window: int = 5, correction: str = "scale", pgd_eps: float = 0.5, pgd_steps: int = 10,
+                 window: int = 5, correction: str = "scale", scale_iters: int = 8, pgd_eps: float = 0.5, pgd_steps: int = 10,
                  pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
         super().__init__(inner, notes)
         self.device = device or torch.device("cpu")
@@ -61,12 +61,12 @@ class MDDSC(StrategyWrapper):
         if score_chunk is not None and score_chunk < 1:
             raise ValueError(f"score_chunk must be >= 1 or None, got {score_chunk}")
         self.score_chunk = score_chunk  # candidates per vmap call (None: all at once)
-        self._refs: list | None = None  # reference snapshots fetched once per round (see _defend)
+        self._ref_logits: list[torch.Tensor] | None = None  # the references' logits on this round's batch
         self.reference, self.lag = reference, lag
         self.threshold_rule, self.tau0, self.slope, self.k = threshold_rule, tau0, slope, k
         self.min_log_spread = min_log_spread
         self.accepted: deque[tuple[float, list[float]]] = deque(maxlen=window)  # (round median, accepted)
-        self.correction = correction
+        self.correction, self.scale_iters = correction, scale_iters
         self.pgd_eps, self.pgd_steps, self.pgd_lr = pgd_eps, pgd_steps, pgd_lr
 
     # ------------------------------------------------------------------ checkpoint
@@ -91,14 +91,17 @@ class MDDSC(StrategyWrapper):
                 torch.from_numpy(self.val_y[idx]).to(self.device))
 
     def scores(self, stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Mean MD per candidate `[K]`, averaged over the reference snapshot(s), `score_chunk`
-        candidates per vmapped call."""
-        refs = self._refs if self._refs is not None else self.history.reference(self.reference, self.lag)
+        """Mean MD per candidate `[K]` on `x`, averaged over the reference snapshot(s),
+        `score_chunk` candidates per vmapped call. Within a round (see `aggregate_train`) the
+        references' logits on the round's batch are computed once and reused by every call."""
+        logits = self._ref_logits
+        if logits is None:
+            logits = [reference_logits(self.model, snap.params.to(self.device), x)
+                      for snap in self.history.reference(self.reference, self.lag)]
         total = torch.zeros(stacked.shape[0], device=self.device)
-        for snap in refs:
-            total += batched_md(self.model, snap.params.to(self.device), stacked, x,
-                                chunk_size=self.score_chunk).mean(dim=1)
-        return total / len(refs)
+        for ref in logits:
+            total += md_against(self.model, ref, stacked, x, chunk_size=self.score_chunk).mean(dim=1)
+        return total / len(logits)
 
     def threshold(self, server_round: int, scores: np.ndarray) -> float:
         """The paper's schedule, or a robust rule: median + k*max(1.4826*MAD, min_log_spread) of
@@ -120,7 +123,7 @@ class MDDSC(StrategyWrapper):
         return float(self.scores(candidate[None], x)[0])
 
     def _scale(self, base: torch.Tensor, update: torch.Tensor, x: torch.Tensor, tau: float) -> float:
-        return scale_correction(lambda a: self._md_of(base + a * update, x), tau)
+        return scale_correction(lambda a: self._md_of(base + a * update, x), tau, self.scale_iters)
 
     def _pgd(self, base: torch.Tensor, update: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              tau: float) -> tuple[torch.Tensor, int]:
@@ -152,14 +155,15 @@ class MDDSC(StrategyWrapper):
         if len(self.history) == 0:
             self.history.push(server_round - 1, base.cpu())
         with self.notes.timed("defense_s"):
-            # the reference snapshot(s), read once for this round's scoring and corrections
-            # (a spilled history would otherwise read its files at every bisection step)
-            self._refs = [s._replace(params=s.params.to(self.device))
-                          for s in self.history.reference(self.reference, self.lag)]
+            x, y = self._val_batch()
+            # the reference snapshot(s) are read (a spilled history: from disk) and run on this
+            # round's batch once, for the scoring and every correction step
+            self._ref_logits = [reference_logits(self.model, s.params.to(self.device), x)
+                                for s in self.history.reference(self.reference, self.lag)]
             try:
-                kept = self._defend(server_round, base, valid)
+                kept = self._defend(server_round, base, valid, x, y)
             finally:
-                self._refs = None
+                self._ref_logits = None
         kept_ids = {id(m) for m in kept}
         arrays, metrics = self.inner.aggregate_train(
             server_round, [m for m in replies if m.has_error() or id(m) in kept_ids])
@@ -170,8 +174,8 @@ class MDDSC(StrategyWrapper):
             self.notes.round["history_disk_bytes"] = self.history.disk_bytes
         return arrays, metrics
 
-    def _correct(self, base: torch.Tensor, updates: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 tau: float) -> list[tuple[torch.Tensor | None, str]]:
+    def _correct(self, base: torch.Tensor, updates: torch.Tensor, md_one: torch.Tensor, x: torch.Tensor,
+                 y: torch.Tensor, tau: float) -> list[tuple[torch.Tensor | None, str]]:
         """(corrected update or None for dropped, what was done) for each flagged update."""
         if self.correction == "drop":
             return [(None, "drop")] * len(updates)
@@ -183,20 +187,23 @@ class MDDSC(StrategyWrapper):
                     new_update = new_update * self._scale(base, new_update, x, tau)
                 out.append((new_update, f"pgd:{steps}"))
             return out
-        # scale: one bisection for all flagged updates, one batched MD call per step
+        # scale: one bisection for all flagged updates, one batched MD call per step; MD at
+        # alpha = 1 is the score, at alpha = 0 the global model's own (the same for all)
+        md_zero = self.scores(base[None], x).cpu().expand(len(updates))
         alphas = batched_scale_correction(
-            lambda a: self.scores(base + a.to(self.device)[:, None] * updates, x).cpu(), tau, len(updates))
+            lambda a: self.scores(base + a.to(self.device)[:, None] * updates, x).cpu(), tau, len(updates),
+            iters=self.scale_iters, md_one=md_one, md_zero=md_zero)
         return [(float(a) * u, f"scale:{float(a):.4f}") for a, u in zip(alphas, updates)]
 
-    def _defend(self, server_round: int, base: torch.Tensor, replies: list[Message]) -> list[Message]:
-        x, y = self._val_batch()
+    def _defend(self, server_round: int, base: torch.Tensor, replies: list[Message], x: torch.Tensor,
+                y: torch.Tensor) -> list[Message]:
         keys = [arrays_key(m) for m in replies]
         stacked = torch.stack([flat_from_arrays(m.content[k]) for m, k in zip(replies, keys)]).to(self.device)
         scores = self.scores(stacked, x).cpu().numpy()
         tau = self.threshold(server_round, scores)
         updates = stacked - base
         flagged = [i for i, score in enumerate(scores) if score > tau]
-        corrections = dict(zip(flagged, self._correct(base, updates[flagged], x, y, tau) if flagged else []))
+        corrections = dict(zip(flagged, self._correct(base, updates[flagged], torch.from_numpy(scores[flagged]), x, y, tau) if flagged else []))
         kept = []
         for i, (msg, key) in enumerate(zip(replies, keys)):
             new_update, action = corrections.get(i, (updates[i], None))

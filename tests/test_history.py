@@ -237,3 +237,27 @@ def test_batched_scale_correction_matches_scalar_bisection():
     assert torch.allclose(batched, torch.tensor(scalar), atol=1e-6)
     assert batched[0] == 1.0 and batched[3] == 0.0
     assert abs(float(batched[1]) - 0.5) < 1e-5 and abs(float(batched[2]) - 0.1) < 1e-5
+
+
+def test_batched_scale_correction_with_known_ends_matches_and_saves_two_calls():
+    import torch
+
+    from fedguard.defense.correction import batched_scale_correction
+
+    c = torch.tensor([0.5, 4.0, 100.0, 1.0])
+    m0 = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    calls = []
+
+    def md(a):
+        calls.append(a.clone())
+        return c * a**2 + m0
+
+    plain = batched_scale_correction(md, 1.0, 4, iters=8)
+    assert len(calls) == 8 + 2
+    calls.clear()
+    known = batched_scale_correction(md, 1.0, 4, iters=8, md_one=c + m0, md_zero=m0)
+    assert len(calls) == 8  # neither alpha = 1 nor alpha = 0 is evaluated again
+    assert torch.equal(plain, known)
+    # 8 steps: within 2**-8 below the edge sqrt(tau / c), and always feasible
+    edge = torch.sqrt(1.0 / c[1:3])
+    assert torch.all(known[1:3] <= edge) and torch.all(edge - known[1:3] < 2**-8)

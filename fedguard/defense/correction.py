@@ -36,13 +36,19 @@ def scale_correction(md_of_alpha: Callable[[float], float], threshold: float, it
 
 
 def batched_scale_correction(md_of_alphas: Callable[[Tensor], Tensor], threshold: float,
-                             count: int, iters: int = 20) -> Tensor:
+                             count: int, iters: int = 20, md_one: Tensor | None = None,
+                             md_zero: Tensor | None = None) -> Tensor:
     """`scale_correction` for `count` updates at once: `md_of_alphas(alphas[count])` scores
     `global + alphas[i] * update_i` for all i in one call (one batched MD evaluation per
-    bisection step instead of one per update and step). Same guarantees, per update."""
+    bisection step instead of one per update and step). Same guarantees, per update.
+
+    `md_one` / `md_zero` (`[count]`): the MD at alpha = 1 and alpha = 0 when the caller already
+    has them (the round's scores; the global model's own MD, the same for every update), each
+    saving one batched call; `iters` steps bring alpha within 2**-iters of the edge.
+    """
     lo, hi = torch.zeros(count), torch.ones(count)
-    full = md_of_alphas(hi) <= threshold
-    feasible0 = md_of_alphas(lo) <= threshold
+    full = (md_of_alphas(hi) if md_one is None else md_one) <= threshold
+    feasible0 = (md_of_alphas(lo) if md_zero is None else md_zero) <= threshold
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         ok = md_of_alphas(mid) <= threshold

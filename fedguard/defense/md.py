@@ -78,23 +78,34 @@ def model_md(model: nn.Module, params_hist: Tensor, params_model: Tensor, x: Ten
         return md_per_sample(_logits(model, params_hist, x), _logits(model, params_model, x))
 
 
-def batched_md(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x: Tensor,
-               chunk_size: int | None = None) -> Tensor:
-    """Per-sample MD `[K, N]` of K candidates (rows of `stacked_params`, `[K, P]`) against
-    `params_hist` (`[P]`), in one `vmap`-ed `functional_call` over the candidates.
+def reference_logits(model: nn.Module, params_hist: Tensor, x: Tensor) -> Tensor:
+    """Logits `[N, C]` of the historical model on `x` (eval mode, no autograd): computed once
+    and shared by every `md_against` call that scores candidates against that model on `x`."""
+    with torch.no_grad(), _eval_mode(model):
+        return _logits(model, params_hist, x)
 
-    The historical logits are computed once. `chunk_size` evaluates that many candidates at a
-    time (peak activation memory ~ chunk_size x one forward pass on x); None = all at once.
-    """
+
+def md_against(model: nn.Module, logits_hist: Tensor, stacked_params: Tensor, x: Tensor,
+               chunk_size: int | None = None) -> Tensor:
+    """Per-sample MD `[K, N]` of K candidates (rows of `stacked_params`, `[K, P]`) against a
+    historical model given by its logits on `x`, in one `vmap`-ed `functional_call` over the
+    candidates. `chunk_size` evaluates that many candidates at a time (peak activation memory
+    ~ chunk_size x one forward pass on x); None = all at once."""
     if stacked_params.dim() != 2:
         raise ValueError(f"stacked_params must be [K, P], got shape {tuple(stacked_params.shape)}")
     with torch.no_grad(), _eval_mode(model):
-        logits_hist = _logits(model, params_hist, x)
 
         def one(flat: Tensor) -> Tensor:
             return md_per_sample(logits_hist, _logits(model, flat, x))
 
         return vmap(one, chunk_size=chunk_size)(stacked_params)
+
+
+def batched_md(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x: Tensor,
+               chunk_size: int | None = None) -> Tensor:
+    """Per-sample MD `[K, N]` of K candidates against flat `params_hist` (`[P]`): the
+    historical logits once, then `md_against`."""
+    return md_against(model, reference_logits(model, params_hist, x), stacked_params, x, chunk_size)
 
 
 def md_loop(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x: Tensor) -> Tensor:
