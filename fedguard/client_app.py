@@ -118,7 +118,8 @@ def train(msg: Message, context: Context) -> Message:
 
     sanitizer_metrics = zero_metrics()  # every reply carries these keys (fedguard/sanitizers)
     if partition_id in malicious_set(cfg):  # attack branch (fedguard/attacks/client.py)
-        arrays, loss, num_examples = malicious_train(cfg, msg, context, model, partition_id, device)
+        arrays, loss, num_examples, metrics = malicious_train(cfg, msg, context, model, partition_id, device)
+        sanitizer_metrics = metrics or sanitizer_metrics  # the data form's batches went through the sanitiser
         model.cpu()
     else:  # honest: its (possibly stream-poisoned) batches, through its sanitiser
         batches, _, poisoned, ids, fetch = stream_batches(cfg, context, partition_id)

@@ -145,6 +145,7 @@ ATTACKS = ("none", "accumulative", "label_flip", "backdoor", "sign_flip", "scali
 BACKDOOR_TRIGGERS = ("patch", "blend")
 KNOWN_NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}
 ATTACK_FORMS = ("update", "data")
+ACCUMULATE_AGAINST = ("clean", "crafted")
 TRIGGER_MODES = ("sgd", "reverse", "val_ascent")
 
 
@@ -169,6 +170,9 @@ class AttackConfig:
     accumulate_norm: float = 1.0  # accumulate update norm, as a multiple of the honest update norm
     eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
     steps: int = 2  # data form: signed-gradient steps per poisoned batch
+    # data form: the trigger batch the accumulation aligns against: clean (the batch as drawn) |
+    # crafted (the optimised trigger for the current model, the batch the trigger round trains on)
+    accumulate_against: str = "clean"
     val_batch: int = 32  # attacker's held-out batch, carved from its own partition
     # accumulative, both forms: stop accumulating (reply honestly for the rest of the accumulate
     # phase; the trigger still fires) once the attacker's held-out accuracy of the global model it
@@ -440,6 +444,8 @@ def _validate_attack(cfg: DictConfig) -> None:
         _fail("attack.form", a.form, ", ".join(ATTACK_FORMS))
     if a.trigger_mode not in TRIGGER_MODES:
         _fail("attack.trigger_mode", a.trigger_mode, ", ".join(TRIGGER_MODES))
+    if a.accumulate_against not in ACCUMULATE_AGAINST:
+        _fail("attack.accumulate_against", a.accumulate_against, ", ".join(ACCUMULATE_AGAINST))
     if a.form == "data" and a.trigger_mode != "sgd":
         _fail("attack.trigger_mode", a.trigger_mode, "sgd with attack.form=data (the victim trains on the data)")
     if a.sign not in (-1, 1):

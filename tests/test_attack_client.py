@@ -164,7 +164,7 @@ def test_malicious_train_replies_global_plus_update(flower_identity):
     global_arrays = model_to_arrays(model)
     content = RecordDict({"arrays": global_arrays, "config": ConfigRecord({"server-round": 1, "lr": cfg.lr})})
     msg = Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
-    arrays, loss, num_examples = malicious_train(cfg, msg, context(cfg, pid), model, pid, CPU)
+    arrays, loss, num_examples, _ = malicious_train(cfg, msg, context(cfg, pid), model, pid, CPU)
     assert list(arrays.keys()) == list(global_arrays.keys())
     assert num_examples == cfg.local_steps * cfg.batch_size and np.isfinite(loss)
     data = attacker_data(cfg, context(cfg, pid), pid)
@@ -284,7 +284,7 @@ def test_stealth_drop_client_replies_honestly_after_the_drop(flower_identity, fo
     for rnd, model, honest_expected, stopped in ((2, good, False, False), (3, bad, True, True),
                                                  (4, good, True, True), (5, good, False, True)):
         ctx = _carried(cfg, pid, ctx)
-        arrays, _, _ = malicious_train(cfg, _train_message(model, rnd), ctx, model, pid, CPU)
+        arrays, _, _, _ = malicious_train(cfg, _train_message(model, rnd), ctx, model, pid, CPU)
         batches = attacker_data(cfg, shadow, pid).batches
         honest = flat_from_arrays(model_to_arrays(model)) + honest_update(cfg, model, batches)
         is_honest = torch.allclose(flat_from_arrays(arrays), honest, atol=1e-5)
@@ -302,3 +302,42 @@ def test_stealth_drop_null_keeps_no_state(flower_identity):
     model, _ = global_model(cfg)
     malicious_train(cfg, _train_message(model, 2), ctx, model, pid, CPU)
     assert STATE_KEY not in ctx.state.config_records and attack_info(ctx) == {}
+
+
+def test_data_form_trains_through_the_sanitizer(flower_identity):
+    """attack.form=data with sanitizer=dsc (the single-learner defense): every round's batches
+    go through DSC. Burn-in round 1: clean batches, nothing counted as poisoned, DSC starts its
+    state; accumulate round 2: all crafted samples are ground-truth poisoned, and a zero
+    threshold makes DSC correct every batch it can (so the reply differs from plain training)."""
+    from fedguard.sanitizers import CORRECTED, FLAGGED, POISONED
+    from fedguard.sanitizers.dsc import STATE_KEY as DSC_KEY
+
+    cfg = config("accumulative", *ACC, "attack.form=data", "sanitizer=dsc", "sanitizer.tau0=0",
+                 "sanitizer.slope=0", "sanitizer.history_lag=0")
+    plain_cfg = config("accumulative", *ACC, "attack.form=data")
+    pid = attacker(cfg)
+    model, _ = global_model(cfg)
+    ctx = context(cfg, pid)
+    _, _, n1, burn_in = malicious_train(cfg, _train_message(model, 1), ctx, model, pid, CPU)
+    assert burn_in[POISONED] == 0 and DSC_KEY in ctx.state.config_records
+    arrays, _, n2, acc = malicious_train(cfg, _train_message(model, 2), ctx, model, pid, CPU)
+    # MD against this round's global model is exactly 0 at the first step (nothing trained yet),
+    # above the zero threshold at every later one
+    assert acc[POISONED] == n2 and acc[CORRECTED] == cfg.local_steps - 1 and acc[FLAGGED] == n2 - n2 // cfg.local_steps
+    plain, _, _, none = malicious_train(plain_cfg, _train_message(model, 2), context(plain_cfg, pid), model, pid, CPU)
+    assert none is None
+    assert not torch.allclose(flat_from_arrays(arrays), flat_from_arrays(plain))
+
+
+def test_accumulate_against_crafted_aligns_with_the_crafted_trigger(flower_identity):
+    """attack.accumulate_against=crafted: the accumulate round poisons towards the trigger the
+    trigger round will train on (perturb_trigger of the clean trigger batch), so its reply
+    differs from the clean-aligned one; a bad value is a config error naming it."""
+    clean_cfg = config("accumulative", *ACC, "attack.form=data", "attack.eps=0.2")
+    crafted_cfg = config("accumulative", *ACC, "attack.form=data", "attack.eps=0.2", "attack.accumulate_against=crafted")
+    clean, _, _ = round_of(clean_cfg, 2)
+    crafted, _, _ = round_of(crafted_cfg, 2)
+    assert clean.phase == crafted.phase == "accumulate"
+    assert not torch.allclose(clean.update, crafted.update)
+    with pytest.raises(ConfigError, match="attack.accumulate_against='trigger'"):
+        config("accumulative", "attack.accumulate_against=trigger")

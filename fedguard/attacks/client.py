@@ -55,7 +55,7 @@ the update attacks, the flipped or poisoned batches for label_flip and the data 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -178,6 +178,7 @@ class Crafted:
     phase: str
     attacking: bool
     trained: nn.Module | None = None  # when the reply is a trained model: reply it exactly
+    metrics: dict | None = None  # data form: the sanitiser's METRICS of its training (None: no sanitiser ran)
 
 
 def _flat(model: nn.Module) -> Tensor:
@@ -198,10 +199,13 @@ def _train_copy(model: nn.Module, batches, cfg, device) -> tuple[nn.Module, floa
 
 
 def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: torch.device,
-          num_classes: int, partition_id: int = 0, stopped: bool = False) -> Crafted:
+          num_classes: int, partition_id: int = 0, stopped: bool = False, train_poisoned=None) -> Crafted:
     """The malicious client's update for `server_round`. `model` holds the global weights
     on `device` and is left unchanged. `stopped` (the stealth rule fired, see `stealth_step`)
-    makes an accumulate round honest."""
+    makes an accumulate round honest. `train_poisoned(batches, poisoned) -> (trained copy, loss,
+    metrics)`, given for the data form with a sanitiser, trains the client's batches (the
+    poisoned ones, and the clean ones of its honest rounds) through it; without it the data
+    form trains by plain local SGD."""
     a = cfg.attack
     plan = attack_plan(cfg)
     phase, attacking = plan.phase(server_round), plan.attacking(server_round)
@@ -215,6 +219,9 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
         return Crafted(update, honest_update, float(loss), phase, attacking, trained)
 
     if not attacking:
+        if train_poisoned is not None:  # a sanitising learner trains every batch through its sanitiser
+            trained, loss, metrics = train_poisoned(data.batches, poisoned=False)
+            return replace(done(_flat(trained) - global_flat, loss, trained), metrics=metrics)
         return done(honest_update, trained=honest)
     mask = param_mask(model)
     if a.name == "label_flip":
@@ -242,11 +249,11 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
     if a.name in OMNISCIENT_ATTACKS:  # honest here; the server-side wrapper overwrites the reply
         return done(honest_update, trained=honest)
     if a.name == "accumulative":
-        return _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done)
+        return _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done, train_poisoned)
     raise ValueError(f"unknown attack {a.name!r}")
 
 
-def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done) -> Crafted:
+def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done, train_poisoned) -> Crafted:
     a = cfg.attack
     model.eval()  # reference behaviour: BatchNorm on running statistics
     params = model_params(model)
@@ -261,6 +268,8 @@ def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, d
         u = trigger_update(model, params, xt, yt, xv, yv, mode=a.trigger_mode, lr=cfg.lr, steps=steps)
         return done(to_exchanged(model, scale_to_norm(u, a.norm_bound * ref), params))
     if phase == "accumulate":  # data form: train on poisoned copies of the stream batches
+        if a.accumulate_against == "crafted":  # the trigger the trigger round will train on, for this model
+            xt = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
         d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
         batches = [(perturb_batch(model, params, x.to(device), y.to(device), xt, yt, xv, yv, eps=a.eps,
                                   steps=a.steps, sign=a.sign, direction=d), y)
@@ -268,8 +277,11 @@ def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, d
     else:  # the optimised trigger batch, trained on `trigger_steps` times (null: a whole local round)
         x_trig = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
         batches = [(x_trig, yt)] * (a.trigger_steps if a.trigger_steps is not None else cfg.local_steps)
-    trained, loss = _train_copy(model, batches, cfg, device)
-    return done(_flat(trained) - global_flat, loss, trained)
+    if train_poisoned is None:
+        trained, loss = _train_copy(model, batches, cfg, device)
+        return done(_flat(trained) - global_flat, loss, trained)
+    trained, loss, metrics = train_poisoned(batches, poisoned=True)
+    return replace(done(_flat(trained) - global_flat, loss, trained), metrics=metrics)
 
 
 # ------------------------------------------------------------------------------- stealth
@@ -331,18 +343,32 @@ def attack_info(context: Context) -> dict:
 # ------------------------------------------------------------------------------ the reply
 
 def malicious_train(cfg, msg: Message, context: Context, model: nn.Module, partition_id: int,
-                    device: torch.device) -> tuple[ArrayRecord, float, int]:
-    """(reply arrays, train_loss, num-examples) of a malicious client for the train `msg`.
+                    device: torch.device) -> tuple[ArrayRecord, float, int, dict | None]:
+    """(reply arrays, train_loss, num-examples, sanitiser METRICS or None) of a malicious
+    client for the train `msg`. `model` holds the global weights (on `device`); it is left
+    unchanged.
 
-    `model` holds the global weights (on `device`); it is left unchanged."""
+    The data form poisons the client's stream, not its software: with a sanitiser configured
+    the poisoned batches go through it (`train_sanitized`) like any client's batches, which
+    is the paper's single-learner defense (`num_clients=1`: DSC on the poisoned stream)."""
     data = attacker_data(cfg, context, partition_id)
     num_classes = splits_from_config(cfg).num_classes
     server_round = server_round_of(msg)
     stopped = stealth_stopped(cfg, context, server_round, model, data, device)
-    crafted = craft(cfg, server_round, model, data, device, num_classes, partition_id, stopped)
+    train_poisoned = None
+    if cfg.attack.name == "accumulative" and cfg.attack.form == "data" and cfg.sanitizer.name != "none":
+        from fedguard.sanitizers import build_sanitizer, train_sanitized  # local: sanitisers load on use
+
+        def train_poisoned(batches, poisoned: bool):
+            trained = copy.deepcopy(model)
+            truth = [torch.full((len(y),), poisoned) for _, y in batches]  # crafted: every sample
+            loss, _, metrics = train_sanitized(build_sanitizer(cfg), trained, batches, truth, context,
+                                               server_round, cfg.lr, cfg.momentum, device)
+            return trained, loss, metrics
+    crafted = craft(cfg, server_round, model, data, device, num_classes, partition_id, stopped, train_poisoned)
     if crafted.trained is not None:
         arrays = model_to_arrays(crafted.trained)
     else:
         global_arrays = model_to_arrays(model)
         arrays = arrays_from_flat(flat_from_arrays(global_arrays) + crafted.update, global_arrays)
-    return arrays, crafted.loss, sum(len(y) for _, y in data.batches)
+    return arrays, crafted.loss, sum(len(y) for _, y in data.batches), crafted.metrics
