@@ -69,7 +69,7 @@ class HistoryConfig:
     stride: int = 1  # snapshot every `stride` rounds
     dtype: str = "float32"  # float32 | float16 | bfloat16
     reference: str = "lag"  # lag (k snapshots back) | oldest | all (mean over snapshots)
-    lag: int = 1  # snapshots back from the newest (0: the global the clients start from); 1 measured best on MNIST
+    lag: int = 0  # snapshots back from the newest (0: the global the clients start from); measured best on MNIST (TPR 0.83 vs 0.75 at lag 1, 0.36 at lag 5)
     # keep each snapshot in a file under <run_dir>/history (a temporary directory when run_dir is
     # null), only (round, path) in memory; evicted files are deleted. For large models / long histories
     spill: bool = False
@@ -79,7 +79,7 @@ class HistoryConfig:
 class ThresholdConfig:
     """mddsc: which MD score flags an update."""
     rule: str = "robust"  # robust (median + k*MAD) | schedule (tau0 + slope*round, the paper)
-    k: float = 3.0  # robust: flag above median + k * spread of log-MD
+    k: float = 2.5  # robust: flag above median + k * spread of log-MD
     min_log_spread: float = 0.1  # robust: spread floor (log units): flag >= e^(k*0.1) x median
     window: int = 5  # rounds of accepted scores pooled by the robust rule
     tau0: float = 0.5
@@ -300,6 +300,9 @@ class FedGuardConfig:
     weighting: str = "num_examples"  # num_examples (client-claimed, capped at local_steps*batch_size) | uniform
     min_replies: int = 1  # fewer valid replies than this: the round keeps the previous global model
     checkpoint_every: int = 1  # rounds between checkpoints (RUN_DIR/checkpoint.pt); 0 = off
+    # test-set evaluation every this many rounds (and always the first and last rounds, and the
+    # rounds before and at an accumulative trigger); other rounds record accuracy null
+    evaluate_every: int = 1
     resume: str | None = None  # a run directory: continue it from its checkpoint
     run_dir: str | None = None  # set by the launcher; `flwr run` falls back to outputs/flwr/
     progress: bool = True
@@ -431,6 +434,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("min_replies", cfg.min_replies, f"1..sampled clients per round ({sampled})")
     if cfg.checkpoint_every < 0:
         _fail("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = no checkpoints)")
+    if cfg.evaluate_every < 1:
+        _fail("evaluate_every", cfg.evaluate_every, "an integer >= 1")
     _validate_attack(cfg)
     _validate_stream_poison_and_sanitizer(cfg)
     _validate_data_files(cfg)

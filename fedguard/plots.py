@@ -16,9 +16,16 @@ def _mark_trigger(ax, rounds: list[dict]) -> None:
             ax.axvline(r["round"], color="crimson", ls="--", lw=1, label="trigger")
 
 
+def _evaluated(rounds: list[dict]) -> tuple[list[int], list[float]]:
+    """(rounds, accuracies) of the rounds that evaluated the model (see `evaluate_every`)."""
+    pairs = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def plot_accuracy(rounds: list[dict], path: Path, title: str | None = None) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["round"] for r in rounds], [r["accuracy"] for r in rounds], marker=".", lw=1.5)
+    rounds_x, acc = _evaluated(rounds)
+    ax.plot(rounds_x, acc, marker=".", lw=1.5)
     _mark_trigger(ax, rounds)
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title=title or "global model")
     ax.grid(alpha=0.3)
@@ -33,7 +40,7 @@ def plot_comparison(runs: dict[str, list[dict]], path: Path) -> None:
     """Accuracy curves of several runs on one axis (one line per run label)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, rounds in runs.items():
-        ax.plot([r["round"] for r in rounds], [r["accuracy"] for r in rounds], lw=1.5, label=label)
+        ax.plot(*_evaluated(rounds), lw=1.5, label=label)
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title="comparison")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

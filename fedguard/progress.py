@@ -20,5 +20,6 @@ class RoundProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def advance(self, server_round: int, accuracy: float) -> None:
-        self.progress.update(self.task, completed=server_round, acc=f"{accuracy:.4f}")
+    def advance(self, server_round: int, accuracy: float | None) -> None:
+        shown = {} if accuracy is None else {"acc": f"{accuracy:.4f}"}  # None: not evaluated this round
+        self.progress.update(self.task, completed=server_round, **shown)

@@ -148,7 +148,7 @@ class Recorder:
         self._rounds_fh.flush()
 
     def summary(self) -> dict[str, Any]:
-        acc = [r["accuracy"] for r in self.rounds]
+        acc = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]  # evaluate_every: gaps
         trigger = next((r["round"] for r in self.rounds if r.get("phase") == "trigger"), None)
         before = after = drop = None
         if trigger is not None:

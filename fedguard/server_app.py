@@ -42,7 +42,7 @@ from fedguard.app_config import config_from_context
 from fedguard.client_app import PARTITION_KEY, RESUME_KEY, STATE_INFO_KEY
 from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
 from fedguard.attacks.backdoor import round_asr
-from fedguard.attacks.client import INFO_STOPPED, INFO_VAL_ACC, malicious_set, round_phase
+from fedguard.attacks.client import INFO_STOPPED, INFO_VAL_ACC, attack_plan, malicious_set, round_phase
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
@@ -164,6 +164,16 @@ def check_resume_config(cfg: DictConfig, run_dir: Path) -> None:
                            + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in diff[:10]))
 
 
+def is_evaluated(cfg: DictConfig, server_round: int) -> bool:
+    """Whether round `server_round` evaluates the global model on the test set
+    (`evaluate_every`; the first and last rounds and the rounds around an accumulative
+    trigger always do, so summary.json's trigger drop and final accuracy are always there)."""
+    if cfg.evaluate_every <= 1 or server_round in (1, cfg.rounds) or server_round % cfg.evaluate_every == 0:
+        return True
+    plan = attack_plan(cfg) if cfg.attack.name == "accumulative" else None
+    return plan is not None and server_round in (plan.trigger_round - 1, plan.trigger_round)
+
+
 def serve(grid: Grid, cfg: DictConfig) -> dict:
     """Run `cfg.rounds` rounds on `grid` (continuing from a checkpoint with `resume`);
     returns the summary."""
@@ -235,7 +245,8 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
             kept_previous = new_arrays is None
             if not kept_previous:
                 arrays = new_arrays
-            acc, loss = test_accuracy(arrays)
+            evaluated = is_evaluated(cfg, rnd)
+            acc, loss = test_accuracy(arrays) if evaluated else (None, None)
             t3 = time.perf_counter()
             defense_s = notes.timing.get("defense_s", 0.0)
             failures = sum(m.has_error() for m in replies)
@@ -246,7 +257,8 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
                    "round_s": t3 - t0, "train_s": t1 - t0, "defense_s": defense_s,
                    "aggregate_s": t2 - t1 - defense_s, "evaluate_s": t3 - t2}
             row.update(notes.round)
-            row.update(round_asr(cfg, model, data.test, device))  # backdoor: asr (model holds `arrays`: test_accuracy loaded it)
+            if evaluated:  # backdoor: asr (model holds `arrays`: test_accuracy loaded it)
+                row.update(round_asr(cfg, model, data.test, device))
             if rnd == 1:
                 row["initial_accuracy"] = initial_acc
             replied = {partition_of.get(m.metadata.src_node_id) for m in replies}
