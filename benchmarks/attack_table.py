@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--malicious", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--defenses", nargs="+", default=["fedavg", "clipping", "median"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
     parser.add_argument("--no-run", action="store_true", help="only tabulate the cells already run")
     parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
@@ -49,7 +50,8 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = Path(args.runs)
-    base = ["dataset=mnist", f"dataset.root={args.root}", f"num_clients={args.clients}", f"rounds={args.rounds}"]
+    base = ["dataset=mnist", f"dataset.root={args.root}", f"num_clients={args.clients}", f"rounds={args.rounds}",
+            f"evaluate_every={args.evaluate_every}"]
     budget_key, budgets = ("norm_bound", args.budgets) if args.form == "update" else ("eps", args.eps)
     cells: dict[tuple, list[str]] = {}
     for defense in args.defenses:

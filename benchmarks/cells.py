@@ -20,11 +20,13 @@ from pathlib import Path
 
 
 def cell_dir(root: Path, overrides: list[str]) -> Path:
-    """root / the sorted overrides (dataset.root left out: where the files are is not what was
-    run), hashed when too long for a file name."""
-    name = ",".join(sorted(o for o in overrides if not o.startswith("dataset.root="))).replace("/", "_")
+    """root / the sorted overrides as `key-value` joined by `__` (no `=` or `,`: the directory
+    goes back to Hydra as `hydra.run.dir`, where a comma would start a sweep), dataset.root
+    left out (where the files are is not what was run), hashed when too long for a file name."""
+    kept = sorted(o for o in overrides if not o.startswith("dataset.root="))
+    name = "__".join(o.replace("=", "-") for o in kept).replace("/", "_").replace(",", "_")
     if len(name) > 200:
-        name = name[:180] + "," + hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = name[:180] + "__" + hashlib.sha1(name.encode()).hexdigest()[:12]
     return root / name
 
 

@@ -31,7 +31,9 @@ DEFENSES = {
     "bulyan": ["defense=bulyan"],
     "mddsc": ["defense=mddsc"],
     "mddsc(median)": ["defense=mddsc", "defense.inner=median"],
+    "mddsc(clipping)": ["defense=mddsc", "defense.inner=clipping"],  # not in the default matrix
 }
+MATRIX_DEFENSES = [d for d in DEFENSES if d != "mddsc(clipping)"]
 USES_F = {"krum", "multikrum", "bulyan"}  # defenses that take the assumed number of attackers
 ATTACK_PRESETS = {
     "none": ["attack=none"],
@@ -54,8 +56,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--malicious", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
+    parser.add_argument("--defenses", nargs="+", default=MATRIX_DEFENSES, choices=list(DEFENSES))
     parser.add_argument("--attacks", nargs="+", default=list(ATTACK_PRESETS))
+    parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
     parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
     parser.add_argument("--out", default="benchmarks/results/defense_matrix")
@@ -63,7 +66,8 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = [f"dataset={args.dataset}", f"num_clients={args.clients}", f"rounds={args.rounds}"]
+    base = [f"dataset={args.dataset}", f"num_clients={args.clients}", f"rounds={args.rounds}",
+            f"evaluate_every={args.evaluate_every}"]
     if args.root:
         base.append(f"dataset.root={args.root}")
     skipped = [a for a in args.attacks if ATTACK_PRESETS[a][0].split("=", 1)[1] not in ATTACKS]

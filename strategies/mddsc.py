@@ -48,8 +48,8 @@ class MDDSC(StrategyWrapper):
                  reference: str = "lag", lag: int = 0,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 2.5,
                  min_log_spread: float = 0.1,
-                 window: int = 5, correction: str = "scale", scale_iters: int = 8, pgd_eps: float = 0.5, pgd_steps: int = 10,
-                 pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
+                 window: int = 5, correction: str = "scale", scale_iters: int = 8, pgd_eps: float = 0.5,
+                 pgd_steps: int = 10, pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
         super().__init__(inner, notes)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device).eval()
