@@ -44,7 +44,12 @@ ATTACK_PRESETS = {
     "alie": ["attack=alie"],
     "ipm": ["attack=ipm"],
     "backdoor": ["attack=backdoor"],
+    # the other client-side baselines (not in the default matrix)
+    "label_flip": ["attack=label_flip"],
+    "scaling": ["attack=scaling"],
+    "gaussian": ["attack=gaussian"],
 }
+MATRIX_ATTACKS = ["none", "accumulative", "accumulative_data", "sign_flip", "alie", "ipm", "backdoor"]
 
 
 def main() -> None:
@@ -57,7 +62,7 @@ def main() -> None:
     parser.add_argument("--malicious", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--defenses", nargs="+", default=MATRIX_DEFENSES, choices=list(DEFENSES))
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACK_PRESETS))
+    parser.add_argument("--attacks", nargs="+", default=MATRIX_ATTACKS, choices=list(ATTACK_PRESETS))
     parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
     parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
@@ -74,8 +79,9 @@ def main() -> None:
     attacks = [a for a in args.attacks if a not in skipped]
     cells: dict[tuple, list[str]] = {}
     for attack in attacks:
-        attack_args = ATTACK_PRESETS[attack] + (
-            [f"num_malicious={args.malicious}", f"attack.trigger_round={args.trigger_round}"] if attack != "none" else [])
+        # no attack: no attack overrides at all (the clean cells of attack_table.py are then shared)
+        attack_args = ATTACK_PRESETS[attack] + [f"num_malicious={args.malicious}",
+                                                f"attack.trigger_round={args.trigger_round}"] if attack != "none" else []
         for defense in args.defenses:
             # no attacker: krum/multikrum/bulyan still assume the attacked runs' f
             f_arg = [f"defense.assumed_malicious={args.malicious}"] if attack == "none" and defense in USES_F else []
