@@ -42,13 +42,13 @@ VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
 
 class MDDSC(StrategyWrapper):
     def __init__(self, inner: Strategy, model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, *,
-                 seed: int = 0, val_batch: int = 256, history_size: int = 10, history_stride: int = 1,
+                 seed: int = 0, val_batch: int = 64, history_size: int = 10, history_stride: int = 1,
                  history_dtype: str = "float32", history_spill: bool = False,
                  history_spill_dir: str | None = None, score_chunk: int | None = None,
                  reference: str = "lag", lag: int = 0,
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 2.5,
                  min_log_spread: float = 0.1,
-                 window: int = 5, correction: str = "scale", scale_iters: int = 8, pgd_eps: float = 0.5,
+                 window: int = 5, correction: str = "drop", scale_iters: int = 8, pgd_eps: float = 0.5,
                  pgd_steps: int = 10, pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
         super().__init__(inner, notes)
         self.device = device or torch.device("cpu")
