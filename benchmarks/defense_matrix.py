@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cells import fmt, mean, run_cells  # noqa: E402
+from cells import cell_dir, fmt, mean, run_cells  # noqa: E402
 from fedguard.config import ATTACKS  # noqa: E402
 
 DEFENSES = {
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=MATRIX_ATTACKS, choices=list(ATTACK_PRESETS))
     parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
+    parser.add_argument("--no-run", action="store_true", help="only tabulate the cells already run")
     parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
     parser.add_argument("--out", default="benchmarks/results/defense_matrix")
     args = parser.parse_args()
@@ -87,7 +89,13 @@ def main() -> None:
             f_arg = [f"defense.assumed_malicious={args.malicious}"] if attack == "none" and defense in USES_F else []
             for seed in args.seeds:
                 cells[attack, defense, seed] = base + attack_args + DEFENSES[defense] + f_arg + [f"seed={seed}"]
-    done = run_cells(Path(args.runs), cells, args.jobs)
+    if args.no_run:  # tabulate what exists; the other cells are reported as not run
+        done = {}
+        for key, overrides in cells.items():
+            summary = cell_dir(Path(args.runs), overrides) / "summary.json"
+            done[key] = json.loads(summary.read_text()) if summary.is_file() else {"error": "not run"}
+    else:
+        done = run_cells(Path(args.runs), cells, args.jobs)
 
     rows = []
     for attack in attacks:
@@ -115,8 +123,8 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['attack']} | {r['defense']} | {fmt(r['final_accuracy'])} | {fmt(r['trigger_drop'])} | "
               f"{fmt(r['attack_success_rate'])} | {fmt(r['tpr'])} | {fmt(r['fpr'])} | {fmt(r['round_s'])} | "
-              f"{fmt(r['train_s'])} | {fmt(r['defense_s'])} |"
-              for r in rows]
+              f"{fmt(r['train_s'])} | {fmt(r['defense_s'])} |" if r["seeds"] else
+              f"| {r['attack']} | {r['defense']} | {r['errors']} |" for r in rows]
     if skipped:
         lines.append(f"\nnot implemented in this version (skipped): {', '.join(skipped)}")
     (out / "matrix.md").write_text("\n".join(lines) + "\n")
