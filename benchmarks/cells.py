@@ -2,7 +2,10 @@
 
 A cell's directory is named by its overrides (`cell_dir`), and a directory that already
 holds `summary.json` is read, not rerun: a benchmark can be interrupted and continued, and
-benchmarks that share a cell (the same overrides under the same root) run it once.
+benchmarks that share a cell (the same overrides under the same root) run it once. A cell is
+keyed by its overrides, not by the code's defaults: after changing a default that a cell
+depends on (e.g. an mddsc default for the mddsc cells), delete those cells (each run
+directory's config.yaml says what it ran with).
 `run_cells` runs cells `jobs` at a time. Keep `jobs=1` on a small machine: each run starts its
 own Ray with `backend.init_args.num_cpus` actors, and two MNIST runs at once on 2 cores took
 15-26 s per training round instead of 3 s (measured), slower in total than one after another.
