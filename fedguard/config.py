@@ -107,7 +107,7 @@ class DefenseConfig:
     clip_multiplier: float = 1.0  # clipping: bound = multiplier * median norm
     epic_fraction: float = 0.1  # epic_updates (server-side adaptation): medoids = max(2, round(fraction * replies))
     epic_max_cluster: int = 1  # epic_updates: drop updates in clusters of at most this many
-    val_batch: int = 64  # mddsc: server validation samples scored per round (MNIST: 64 caught as many as 256 at a quarter of the cost)
+    val_batch: int = 64  # mddsc: server validation samples scored per round (MNIST: a quarter of 256's cost, TPR 0.90 vs 0.94)
     score_chunk: int | None = None  # mddsc: candidate models per vmap call when scoring (null = all at once; bounds peak activation memory)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
