@@ -81,9 +81,10 @@ def main() -> None:
     attacks = [a for a in args.attacks if a not in skipped]
     cells: dict[tuple, list[str]] = {}
     for attack in attacks:
-        # no attack: no attack overrides at all (the clean cells of attack_table.py are then shared)
-        attack_args = ATTACK_PRESETS[attack] + [f"num_malicious={args.malicious}",
-                                                f"attack.trigger_round={args.trigger_round}"] if attack != "none" else []
+        # no attack: no attack overrides at all (the clean cells of attack_table.py are then shared);
+        # the baselines attack from round 1 on (a trigger round would make them attack in it only)
+        attack_args = [] if attack == "none" else ATTACK_PRESETS[attack] + [f"num_malicious={args.malicious}"] + (
+            [f"attack.trigger_round={args.trigger_round}"] if attack.startswith("accumulative") else [])
         for defense in args.defenses:
             # no attacker: krum/multikrum/bulyan still assume the attacked runs' f
             f_arg = [f"defense.assumed_malicious={args.malicious}"] if attack == "none" and defense in USES_F else []
