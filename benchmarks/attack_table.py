@@ -26,7 +26,7 @@ import csv
 import json
 from pathlib import Path
 
-from cells import cell_dir, fmt, mean, run_cells
+from cells import NOT_RUN, add_cell_arguments, cell_dir, fmt, mean, run_cells
 
 
 def main() -> None:
@@ -42,10 +42,7 @@ def main() -> None:
     parser.add_argument("--malicious", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--defenses", nargs="+", default=["fedavg", "clipping", "median"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
-    parser.add_argument("--no-run", action="store_true", help="only tabulate the cells already run")
-    parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
+    add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/attack_table")
     args = parser.parse_args()
 
@@ -64,11 +61,7 @@ def main() -> None:
                                        f"num_malicious={m}", f"attack.trigger_round={args.trigger_round}"]
                     cells["acc", defense, m, b, seed] = attack + [f"attack.accumulate_rounds={args.accumulate_rounds}"]
                     cells["alone", defense, m, b, seed] = attack + ["attack.accumulate_rounds=0"]
-    if args.no_run:
-        done = {k: json.loads((cell_dir(runs, o) / "summary.json").read_text()) for k, o in cells.items()
-                if (cell_dir(runs, o) / "summary.json").is_file()}
-    else:
-        done = run_cells(runs, cells, args.jobs)
+    done = run_cells(runs, cells, args.jobs, run=not args.no_run)
 
     def accuracy_at(key: tuple, round_: int) -> float:  # rounds.jsonl: summary.json has no per-round accuracy
         rows = [json.loads(line) for line in (cell_dir(runs, cells[key]) / "rounds.jsonl").read_text().splitlines()]
@@ -81,8 +74,8 @@ def main() -> None:
                 keys = [(kind, defense, m, b, s) for kind in ("acc", "alone") for s in args.seeds]
                 keys += [("clean", defense, s) for s in args.seeds]
                 row = {"defense": defense, "malicious": m, budget_key: b, "seeds": len(args.seeds)}
-                missing = [k[0] for k in keys if k not in done]
-                errors = [done[k]["error"] for k in keys if k in done and "error" in done[k]]
+                missing = [k[0] for k in keys if done[k] == NOT_RUN]
+                errors = [done[k]["error"] for k in keys if "error" in done[k] and done[k] != NOT_RUN]
                 if missing or errors:
                     rows.append({**row, "errors": "; ".join(errors) or "not run: " + ", ".join(sorted(set(missing)))})
                     continue

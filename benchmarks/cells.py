@@ -13,6 +13,7 @@ own Ray with `backend.init_args.num_cpus` actors, and two MNIST runs at once on 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import statistics
@@ -33,9 +34,23 @@ def cell_dir(root: Path, overrides: list[str]) -> Path:
     return root / name
 
 
-def run_cell(out: Path, overrides: list[str]) -> dict:
-    """The cell's summary.json, running `fedguard run` first if it has none; {"error": ...} if the run failed."""
+NOT_RUN = {"error": "not run"}  # a cell without summary.json when running is not allowed
+
+
+def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every cell benchmark takes (where cells live, how they are run)."""
+    parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
+    parser.add_argument("--no-run", action="store_true", help="only tabulate the cells already run")
+    parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
+
+
+def run_cell(out: Path, overrides: list[str], run: bool = True) -> dict:
+    """The cell's summary.json, running `fedguard run` first if it has none (`NOT_RUN` when
+    `run` is false); {"error": ...} if the run failed."""
     if not (out / "summary.json").is_file():
+        if not run:
+            return dict(NOT_RUN)
         proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *overrides, "progress=false",
                                f"hydra.run.dir={out}"], capture_output=True, text=True)
         if proc.returncode != 0:
@@ -44,10 +59,11 @@ def run_cell(out: Path, overrides: list[str]) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def run_cells(root: Path, cells: dict[str, list[str]], jobs: int = 1) -> dict[str, dict]:
-    """{key: overrides} -> {key: summary}, each run in `cell_dir(root, overrides)`, `jobs` at a time."""
+def run_cells(root: Path, cells: dict[str, list[str]], jobs: int = 1, run: bool = True) -> dict[str, dict]:
+    """{key: overrides} -> {key: summary}, each run in `cell_dir(root, overrides)`, `jobs` at a
+    time; with `run` false only the cells already run are read (the others: `NOT_RUN`)."""
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {key: pool.submit(run_cell, cell_dir(root, overrides), overrides)
+        futures = {key: pool.submit(run_cell, cell_dir(root, overrides), overrides, run)
                    for key, overrides in cells.items()}
         return {key: future.result() for key, future in futures.items()}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cells import cell_dir, fmt, mean, run_cells  # noqa: E402
+from cells import add_cell_arguments, fmt, mean, run_cells  # noqa: E402
 from fedguard.config import ATTACKS  # noqa: E402
 
 DEFENSES = {
@@ -64,10 +63,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--defenses", nargs="+", default=MATRIX_DEFENSES, choices=list(DEFENSES))
     parser.add_argument("--attacks", nargs="+", default=MATRIX_ATTACKS, choices=list(ATTACK_PRESETS))
-    parser.add_argument("--evaluate-every", type=int, default=5, help="evaluate_every (trigger rounds always evaluated)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (see benchmarks/cells.py)")
-    parser.add_argument("--no-run", action="store_true", help="only tabulate the cells already run")
-    parser.add_argument("--runs", default="benchmarks/results/runs", help="cell run directories (shared)")
+    add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/defense_matrix")
     args = parser.parse_args()
 
@@ -90,13 +86,7 @@ def main() -> None:
             f_arg = [f"defense.assumed_malicious={args.malicious}"] if attack == "none" and defense in USES_F else []
             for seed in args.seeds:
                 cells[attack, defense, seed] = base + attack_args + DEFENSES[defense] + f_arg + [f"seed={seed}"]
-    if args.no_run:  # tabulate what exists; the other cells are reported as not run
-        done = {}
-        for key, overrides in cells.items():
-            summary = cell_dir(Path(args.runs), overrides) / "summary.json"
-            done[key] = json.loads(summary.read_text()) if summary.is_file() else {"error": "not run"}
-    else:
-        done = run_cells(Path(args.runs), cells, args.jobs)
+    done = run_cells(Path(args.runs), cells, args.jobs, run=not args.no_run)  # --no-run: the others "not run"
 
     rows = []
     for attack in attacks:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from cells import cell_dir, run_cell  # noqa: E402
+from cells import NOT_RUN, cell_dir, run_cell, run_cells  # noqa: E402
 
 
 def test_cell_dir_is_order_free_and_safe_for_hydra(tmp_path):
@@ -26,3 +26,12 @@ def test_run_cell_reads_an_existing_summary_without_running(tmp_path):
     out.mkdir()
     (out / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
     assert run_cell(out, ["this=would-fail-if-run"]) == {"final_accuracy": 0.5}
+
+
+def test_run_cells_without_running_reads_existing_and_marks_the_rest(tmp_path):
+    done = cell_dir(tmp_path, ["seed=0"])
+    done.mkdir()
+    (done / "summary.json").write_text(json.dumps({"final_accuracy": 0.9}))
+    got = run_cells(tmp_path, {"a": ["seed=0"], "b": ["seed=1"]}, run=False)
+    assert got == {"a": {"final_accuracy": 0.9}, "b": NOT_RUN}
+    assert not cell_dir(tmp_path, ["seed=1"]).exists()
