@@ -84,6 +84,6 @@ def build_defense(cfg, sampled: int, notes: RoundNotes | None = None, model=None
                      score_chunk=d.score_chunk,
                      reference=h.reference, lag=h.lag, threshold_rule=t.rule, tau0=t.tau0,
                      slope=t.slope, k=t.k, min_log_spread=t.min_log_spread, window=t.window,
-                     correction=c.method, scale_iters=c.scale_iters, pgd_eps=c.pgd_eps, pgd_steps=c.pgd_steps, pgd_lr=c.pgd_lr,
-                     device=device, notes=notes)
+                     correction=c.method, scale_iters=c.scale_iters, pgd_eps=c.pgd_eps, pgd_steps=c.pgd_steps,
+                     pgd_lr=c.pgd_lr, device=device, notes=notes)
     return build_aggregator(d.name, cfg, sampled)

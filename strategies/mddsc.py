@@ -49,7 +49,8 @@ class MDDSC(StrategyWrapper):
                  threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 2.5,
                  min_log_spread: float = 0.1,
                  window: int = 5, correction: str = "drop", scale_iters: int = 8, pgd_eps: float = 0.5,
-                 pgd_steps: int = 10, pgd_lr: float = 0.05, device: torch.device | None = None, notes: RoundNotes | None = None):
+                 pgd_steps: int = 10, pgd_lr: float = 0.05, device: torch.device | None = None,
+                 notes: RoundNotes | None = None):
         super().__init__(inner, notes)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device).eval()
@@ -203,7 +204,8 @@ class MDDSC(StrategyWrapper):
         tau = self.threshold(server_round, scores)
         updates = stacked - base
         flagged = [i for i, score in enumerate(scores) if score > tau]
-        corrections = dict(zip(flagged, self._correct(base, updates[flagged], torch.from_numpy(scores[flagged]), x, y, tau) if flagged else []))
+        corrected = self._correct(base, updates[flagged], torch.from_numpy(scores[flagged]), x, y, tau) if flagged else []
+        corrections = dict(zip(flagged, corrected))
         kept = []
         for i, (msg, key) in enumerate(zip(replies, keys)):
             new_update, action = corrections.get(i, (updates[i], None))

@@ -212,6 +212,10 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
     if stopped and phase == "accumulate":
         attacking = False
     global_flat = _flat(model)
+    if not attacking and train_poisoned is not None:  # a sanitising learner: every batch through its sanitiser
+        trained, loss, metrics = train_poisoned(data.batches, poisoned=False)
+        update = _flat(trained) - global_flat
+        return Crafted(update, update, float(loss), phase, attacking, trained, metrics)
     honest, honest_loss = _train_copy(model, data.batches, cfg, device)
     honest_update = _flat(honest) - global_flat
 
@@ -219,9 +223,6 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
         return Crafted(update, honest_update, float(loss), phase, attacking, trained)
 
     if not attacking:
-        if train_poisoned is not None:  # a sanitising learner trains every batch through its sanitiser
-            trained, loss, metrics = train_poisoned(data.batches, poisoned=False)
-            return replace(done(_flat(trained) - global_flat, loss, trained), metrics=metrics)
         return done(honest_update, trained=honest)
     mask = param_mask(model)
     if a.name == "label_flip":
@@ -253,7 +254,8 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
     raise ValueError(f"unknown attack {a.name!r}")
 
 
-def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done, train_poisoned) -> Crafted:
+def _accumulative(cfg, phase, model, data, device, global_flat, honest_update, done,
+                  train_poisoned) -> Crafted:
     a = cfg.attack
     model.eval()  # reference behaviour: BatchNorm on running statistics
     params = model_params(model)
