@@ -1,7 +1,7 @@
 """Accumulative poisoning against trigger budget, number of attackers and defense (issue 3).
 
-    python benchmarks/attack_table.py --root ../shared/data/mnist --jobs 2
-    python benchmarks/attack_table.py --root ../shared/data/mnist --form data --eps 0.1 0.2 --jobs 2
+    python benchmarks/attack_table.py --root ../shared/data/mnist
+    python benchmarks/attack_table.py --root ../shared/data/mnist --form data --eps 0.1 0.2
 
 Every cell is a real `fedguard run` (20 clients, `--rounds` rounds, the trigger in round
 `--trigger-round` after `--accumulate-rounds` accumulation rounds). For each defense, number

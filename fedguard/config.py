@@ -223,6 +223,7 @@ class SanitizerConfig:
     slope: float = 0.02
     history_lag: int = 1  # dsc: historical model = global model the client saw this many participations ago (0 = this round's)
     drop_above: float | None = None  # dsc: after correction, drop samples whose own MD is above this
+    dsc_start_round: int = 1  # dsc: the online phase starts here; earlier rounds are the learner's pretraining (nothing corrected, t not counted)
     window: int = 1024  # epic/ispl/confusion: the last this many distinct stream samples are re-examined
     every: int = 1  # epic/ispl/confusion: re-examine the window every this many participations
     # --- epic fields
@@ -550,6 +551,8 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
         _fail("sanitizer.epic_max_cluster", san.epic_max_cluster, "an integer >= 0 (0 = drop nothing)")
     if san.epic_min_class < 1:
         _fail("sanitizer.epic_min_class", san.epic_min_class, "an integer >= 1 (samples a class needs to be examined)")
+    if san.dsc_start_round < 1:
+        _fail("sanitizer.dsc_start_round", san.dsc_start_round, "a server round >= 1 (1 = from the start)")
     if san.epic_start_round < 1:
         _fail("sanitizer.epic_start_round", san.epic_start_round, "a server round >= 1 (1 = from the start)")
     # --- ispl checks

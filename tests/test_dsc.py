@@ -169,6 +169,24 @@ def test_dsc_history_and_online_step_count_live_in_context_state(diverged):
     assert "dsc-history" not in context3.state.array_records
 
 
+def test_before_start_round_batches_pass_untouched_and_t_does_not_count(diverged):
+    cur, _ = diverged
+    context = ctx()
+    san = DSCSanitizer(history_lag=1, start_round=3)
+    for rnd, m in [(1, cur), (2, mlp(0))]:  # pretraining rounds: snapshots kept, nothing corrected
+        san.begin_round(m, context, rnd)
+        out, flags = san.sanitize(m, [batch(rnd)], context, rnd)
+        assert torch.equal(out[0][0], batch(rnd)[0]) and not flags[0].any()
+        assert san.end_round(m, context, rnd)[CORRECTED] == 0
+    assert context.state.config_records["dsc"]["t"] == 0
+    assert list(context.state.config_records["dsc"]["rounds"]) == [2]
+    san.begin_round(cur, context, 3)  # online: corrected against round 2's model, t from 0
+    assert torch.equal(san._hist, flat_params(mlp(0))) and san.threshold(san._t) == san.tau0
+    san.sanitize(cur, [batch(3)], context, 3)
+    assert san.end_round(cur, context, 3)[CORRECTED] == 1
+    assert context.state.config_records["dsc"]["t"] == 1
+
+
 def test_drop_above_drops_and_flags_the_most_discrepant_samples(diverged):
     cur, hist = diverged
     context = ctx()

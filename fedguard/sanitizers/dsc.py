@@ -24,6 +24,10 @@ fewer snapshots than the lag the oldest is used; with none (first participation)
 corrected. The ArrayRecord is not echoed to the server (checkpoints carry JSON state only):
 after a resume a client starts a new history (its `t` goes on).
 
+Pretraining: the paper corrects an online phase that starts from a trained model. Before
+server round `start_round` the client trains on its batches as they are and `t` does not
+count (its snapshots are still kept), so `t` is the step count of the online phase.
+
 Flags: the samples of a corrected batch (>= 1 step) are all flagged (DSC acts on the batch);
 with `drop_above`, samples whose own MD after correction is above it are also flagged and are
 dropped from the batch.
@@ -103,12 +107,15 @@ class DSCSanitizer(Sanitizer):
     online = True
 
     def __init__(self, eps: float = 0.2, step: float = 0.02, steps: int = 10, tau0: float = 0.5,
-                 slope: float = 0.02, history_lag: int = 1, drop_above: float | None = None):
+                 slope: float = 0.02, history_lag: int = 1, drop_above: float | None = None,
+                 start_round: int = 1):
         super().__init__()
         self.eps, self.step, self.steps = float(eps), float(step), int(steps)
         self.tau0, self.slope = float(tau0), float(slope)
         self.history_lag = int(history_lag)
         self.drop_above = None if drop_above is None else float(drop_above)
+        self.start_round = int(start_round)
+        self._online = True
         self._global: Tensor | None = None
         self._hist: Tensor | None = None
         self._t = 0
@@ -116,7 +123,8 @@ class DSCSanitizer(Sanitizer):
 
     @classmethod
     def from_config(cls, san) -> DSCSanitizer:
-        return cls(san.eps, san.step, san.steps, san.tau0, san.slope, san.history_lag, san.drop_above)
+        return cls(san.eps, san.step, san.steps, san.tau0, san.slope, san.history_lag, san.drop_above,
+                   san.dsc_start_round)
 
     # ------------------------------------------------------------------ Context.state
     @staticmethod
@@ -152,12 +160,15 @@ class DSCSanitizer(Sanitizer):
         else:
             self._hist = None  # first participation: no historical model yet
         self._mds = []
+        self._online = server_round >= self.start_round
 
     def threshold(self, t: int) -> float:
         return dsc_threshold(t, self.tau0, self.slope)
 
     def sanitize(self, model: nn.Module, batches: list[Batch], context: Context, server_round: int
                  ) -> tuple[list[Batch], list[Tensor]]:
+        if not self._online:  # pretraining: train on the batches as they are
+            return batches, [torch.zeros(len(y), dtype=torch.bool, device=y.device) for _, y in batches]
         out, flags = [], []
         for x, y in batches:
             mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
