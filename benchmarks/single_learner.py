@@ -41,7 +41,18 @@ def learners(args) -> dict[str, list[str]]:
     }
 
 
-def main() -> None:
+def learner_cells(args) -> dict[tuple[str, str], list[str]]:
+    """{(learner, "acc" | "alone"): overrides}: the same run with and without the accumulation."""
+    rounds = args.pretrain_rounds + args.accumulate_rounds + 1
+    base = ["dataset=mnist", f"dataset.root={args.root}", "num_clients=1", "num_malicious=1", "attack=accumulative",
+            "attack.form=data", f"rounds={rounds}", f"attack.trigger_round={rounds}", f"attack.eps={args.eps:g}",
+            "attack.steps=5", f"evaluate_every={args.evaluate_every}", "backend.init_args.num_cpus=1"]
+    variants = learners(args)
+    return {(name, kind): base + variants[name] + [f"attack.accumulate_rounds={n}"]
+             for name in args.learners for kind, n in (("acc", args.accumulate_rounds), ("alone", 0))}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="dataset.root of MNIST")
     parser.add_argument("--pretrain-rounds", type=int, default=40)
@@ -53,16 +64,15 @@ def main() -> None:
     parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "md_filter"])
     add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/single_learner")
-    args = parser.parse_args()
+    return parser
 
-    rounds = args.pretrain_rounds + args.accumulate_rounds + 1
-    base = ["dataset=mnist", f"dataset.root={args.root}", "num_clients=1", "num_malicious=1", "attack=accumulative",
-            "attack.form=data", f"rounds={rounds}", f"attack.trigger_round={rounds}", f"attack.eps={args.eps:g}",
-            "attack.steps=5", f"evaluate_every={args.evaluate_every}", "backend.init_args.num_cpus=1"]
-    variants = learners(args)
-    cells = {(name, kind): base + variants[name] + [f"attack.accumulate_rounds={n}"]
-             for name in args.learners for kind, n in (("acc", args.accumulate_rounds), ("alone", 0))}
+
+def main() -> None:
+    args = build_parser().parse_args()
+
+    cells = learner_cells(args)
     done = run_cells(Path(args.runs), cells, args.jobs, run=not args.no_run)
+    variants = learners(args)
 
     rows = []
     for name in args.learners:

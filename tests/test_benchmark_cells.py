@@ -35,3 +35,20 @@ def test_run_cells_without_running_reads_existing_and_marks_the_rest(tmp_path):
     got = run_cells(tmp_path, {"a": ["seed=0"], "b": ["seed=1"]}, run=False)
     assert got == {"a": {"final_accuracy": 0.9}, "b": NOT_RUN}
     assert not cell_dir(tmp_path, ["seed=1"]).exists()
+
+
+def test_single_learner_cells_are_valid_runs_whose_online_phase_starts_with_the_poisons():
+    from fedguard.config import compose, validate
+    from single_learner import build_parser, learner_cells
+
+    cells = learner_cells(build_parser().parse_args(["--root", "data/mnist"]))
+    assert {kind for _, kind in cells} == {"acc", "alone"} and len(cells) == 10
+    for (name, kind), overrides in cells.items():
+        cfg = compose(overrides)
+        validate(cfg)
+        assert cfg.num_clients == 1 and cfg.attack.trigger_round == cfg.rounds == 51
+        assert cfg.attack.accumulate_rounds == (10 if kind == "acc" else 0)
+        other = cells[name, "alone" if kind == "acc" else "acc"]
+        assert [o for o in overrides if o not in other] == [f"attack.accumulate_rounds={cfg.attack.accumulate_rounds}"]
+        if cfg.sanitizer.name == "dsc":  # pretraining ends where the accumulation starts
+            assert cfg.sanitizer.dsc_start_round == 51 - 10
