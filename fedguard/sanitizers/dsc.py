@@ -115,7 +115,6 @@ class DSCSanitizer(Sanitizer):
         self.history_lag = int(history_lag)
         self.drop_above = None if drop_above is None else float(drop_above)
         self.start_round = int(start_round)
-        self._online = True
         self._global: Tensor | None = None
         self._hist: Tensor | None = None
         self._t = 0
@@ -160,14 +159,13 @@ class DSCSanitizer(Sanitizer):
         else:
             self._hist = None  # first participation: no historical model yet
         self._mds = []
-        self._online = server_round >= self.start_round
 
     def threshold(self, t: int) -> float:
         return dsc_threshold(t, self.tau0, self.slope)
 
     def sanitize(self, model: nn.Module, batches: list[Batch], context: Context, server_round: int
                  ) -> tuple[list[Batch], list[Tensor]]:
-        if not self._online:  # pretraining: train on the batches as they are
+        if server_round < self.start_round:  # pretraining: train on the batches as they are
             return batches, [torch.zeros(len(y), dtype=torch.bool, device=y.device) for _, y in batches]
         out, flags = [], []
         for x, y in batches:
