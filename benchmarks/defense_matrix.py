@@ -121,19 +121,28 @@ def main() -> None:
     (out / "matrix.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    panels = [("final_accuracy", "final test accuracy"), ("trigger_drop", "trigger drop (accuracy before - after)"),
+              ("attack_success_rate", "backdoor attack success rate")]
+    # each panel shows the attacks that have its metric (a trigger drop: accumulative; an ASR: backdoor)
+    shown = {key: [a for a in attacks if any(r["attack"] == a and r.get(key) is not None for r in rows)]
+             for key, _ in panels}
+    panels = [p for p in panels if shown[p[0]]]
+    ratios = [max(2, len(shown[k])) for k, _ in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(18, 3 + 1.3 * sum(ratios)), 4.5), width_ratios=ratios,
+                             squeeze=False)
+    axes = axes[0]
     width = 0.8 / max(1, len(args.defenses))
     for i, defense in enumerate(args.defenses):
-        for ax, key in zip(axes, ("final_accuracy", "trigger_drop")):
+        for ax, (key, _) in zip(axes, panels):
             vals = [next((r[key] for r in rows if r["attack"] == a and r["defense"] == defense), None) or 0.0
-                    for a in attacks]
-            ax.bar([j + i * width for j in range(len(attacks))], vals, width, label=defense)
-    for ax, title in zip(axes, ("final test accuracy", "trigger drop (accuracy before - after)")):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(attacks))], attacks, rotation=20)
+                    for a in shown[key]]
+            ax.bar([j + i * width for j in range(len(vals))], vals, width, label=defense if ax is axes[0] else None)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shown[key]))], shown[key], rotation=20)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=len(args.defenses), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(out / "matrix.png", dpi=120)
 
 
