@@ -5,9 +5,10 @@
 One client (the one-client federation) is trained honestly for `--pretrain-rounds` rounds (the
 paper's learner is trained before its online phase), then its stream carries the data-form
 accumulative poisons for `--accumulate-rounds` rounds and the crafted trigger in the last
-round. Each learner variant is run twice, with the accumulation and with the trigger alone
-(`attack.accumulate_rounds=0`, honest until the trigger), and the table gives the
-trigger-induced error increase (accuracy before minus after the trigger round), in points.
+round. Each learner variant is run with the accumulation and with the trigger alone
+(`attack.accumulate_rounds=0`, honest until the trigger), once per seed, and the table gives
+the trigger-induced error increase (accuracy before minus after the trigger round), in
+points, as the mean over `--seeds`.
 
 Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_round`):
 - plain: SGD on the stream as it comes;
@@ -27,7 +28,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from cells import NOT_RUN, add_cell_arguments, fmt, run_cells
+from cells import add_cell_arguments, fmt, mean, run_cells
 
 
 def learners(args) -> dict[str, list[str]]:
@@ -41,15 +42,16 @@ def learners(args) -> dict[str, list[str]]:
     }
 
 
-def learner_cells(args) -> dict[tuple[str, str], list[str]]:
-    """{(learner, "acc" | "alone"): overrides}: the same run with and without the accumulation."""
+def learner_cells(args) -> dict[tuple[str, str, int], list[str]]:
+    """{(learner, "acc" | "alone", seed): overrides}: the same run with and without the accumulation."""
     rounds = args.pretrain_rounds + args.accumulate_rounds + 1
     base = ["dataset=mnist", f"dataset.root={args.root}", "num_clients=1", "num_malicious=1", "attack=accumulative",
             "attack.form=data", f"rounds={rounds}", f"attack.trigger_round={rounds}", f"attack.eps={args.eps:g}",
             "attack.steps=5", f"evaluate_every={args.evaluate_every}", "backend.init_args.num_cpus=1"]
     variants = learners(args)
-    return {(name, kind): base + variants[name] + [f"attack.accumulate_rounds={n}"]
-             for name in args.learners for kind, n in (("acc", args.accumulate_rounds), ("alone", 0))}
+    return {(name, kind, seed): base + variants[name] + [f"attack.accumulate_rounds={n}", f"seed={seed}"]
+            for name in args.learners for kind, n in (("acc", args.accumulate_rounds), ("alone", 0))
+            for seed in args.seeds}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tau", type=float, default=0.25)
     parser.add_argument("--tau-drop", type=float, default=0.3)
     parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "md_filter"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/single_learner")
     return parser
@@ -76,17 +79,17 @@ def main() -> None:
 
     rows = []
     for name in args.learners:
-        row = {"learner": name, "overrides": " ".join(variants[name])}
+        row = {"learner": name, "overrides": " ".join(variants[name]), "seeds": len(args.seeds)}
         for kind in ("acc", "alone"):
-            s = done[name, kind]
-            if s == NOT_RUN or "error" in s:
-                row[f"{kind}_error"] = s["error"]
+            runs = [done[name, kind, seed] for seed in args.seeds]
+            failed = [s["error"] for s in runs if "error" in s]
+            if failed:
+                row[f"{kind}_error"] = failed[0]
                 continue
-            row[f"{kind}_before"] = s["accuracy_before_trigger"]
-            row[f"{kind}_after"] = s["accuracy_after_trigger"]
-            row[f"{kind}_increase"] = 100 * s["trigger_drop"]
-            san = s.get("sanitizer") or {}
-            row[f"{kind}_recall"] = san.get("recall")
+            row[f"{kind}_before"] = mean([s["accuracy_before_trigger"] for s in runs])
+            row[f"{kind}_after"] = mean([s["accuracy_after_trigger"] for s in runs])
+            row[f"{kind}_increase"] = 100 * mean([s["trigger_drop"] for s in runs])
+            row[f"{kind}_recall"] = mean([(s.get("sanitizer") or {}).get("recall") for s in runs])
         rows.append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -45,13 +45,13 @@ def test_single_learner_cells_are_valid_runs_whose_online_phase_starts_with_the_
                  "t10k-labels-idx1-ubyte"):
         (tmp_path / name).touch()  # validate checks that the files are there, not what they hold
     cells = learner_cells(build_parser().parse_args(["--root", str(tmp_path)]))
-    assert {kind for _, kind in cells} == {"acc", "alone"} and len(cells) == 10
-    for (name, kind), overrides in cells.items():
+    assert {kind for _, kind, _ in cells} == {"acc", "alone"} and len(cells) == 10
+    for (name, kind, seed), overrides in cells.items():
         cfg = compose(overrides)
         validate(cfg)
         assert cfg.num_clients == 1 and cfg.attack.trigger_round == cfg.rounds == 51
         assert cfg.attack.accumulate_rounds == (10 if kind == "acc" else 0)
-        other = cells[name, "alone" if kind == "acc" else "acc"]
+        other = cells[name, "alone" if kind == "acc" else "acc", seed]
         assert [o for o in overrides if o not in other] == [f"attack.accumulate_rounds={cfg.attack.accumulate_rounds}"]
         if cfg.sanitizer.name == "dsc":  # pretraining ends where the accumulation starts
             assert cfg.sanitizer.dsc_start_round == 51 - 10
