@@ -16,6 +16,8 @@ Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_
   bound is the client's own norm, a no-op);
 - dsc: the paper's DSC with its defaults (threshold 0.5 + 0.02 t);
 - dsc_tau: DSC with a constant threshold `--tau` (between the clean and poisoned batch MDs);
+- dsc_all: DSC with threshold 0: every online batch gets the full correction (`steps`
+  signed-descent steps), i.e. DSC's correction without its MD test;
 - md_filter: DSC's MD test without its correction: samples whose MD is above `--tau-drop`
   are dropped (`steps=0 drop_above`).
 
@@ -38,6 +40,7 @@ def learners(args) -> dict[str, list[str]]:
         "clipping": ["defense=clipping", f"defense.clip_norm={args.clip_norm:g}"],
         "dsc": dsc,
         "dsc_tau": dsc + [f"sanitizer.tau0={args.tau:g}", "sanitizer.slope=0"],
+        "dsc_all": dsc + ["sanitizer.tau0=0", "sanitizer.slope=0"],
         "md_filter": dsc + ["sanitizer.steps=0", f"sanitizer.drop_above={args.tau_drop:g}"],
     }
 
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-norm", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=0.25)
     parser.add_argument("--tau-drop", type=float, default=0.3)
-    parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "md_filter"])
+    parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "dsc_all", "md_filter"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/single_learner")
