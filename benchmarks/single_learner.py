@@ -19,7 +19,9 @@ Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_
 - dsc_all: DSC with threshold 0: every online batch gets the full correction (`steps`
   signed-descent steps), i.e. DSC's correction without its MD test;
 - md_filter: DSC's MD test without its correction: samples whose MD is above `--tau-drop`
-  are dropped (`steps=0 drop_above`).
+  are dropped (`steps=0 drop_above`);
+- md_gate: DSC's batch test without its correction: a batch whose mean MD is above `--tau`
+  is skipped (`steps=0 skip_uncorrected=true`).
 
 Writes OUT/single_learner.md and .csv.
 """
@@ -42,6 +44,8 @@ def learners(args) -> dict[str, list[str]]:
         "dsc_tau": dsc + [f"sanitizer.tau0={args.tau:g}", "sanitizer.slope=0"],
         "dsc_all": dsc + ["sanitizer.tau0=0", "sanitizer.slope=0"],
         "md_filter": dsc + ["sanitizer.steps=0", f"sanitizer.drop_above={args.tau_drop:g}"],
+        "md_gate": dsc + ["sanitizer.steps=0", "sanitizer.skip_uncorrected=true", f"sanitizer.tau0={args.tau:g}",
+                          "sanitizer.slope=0"],
     }
 
 
@@ -66,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-norm", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=0.25)
     parser.add_argument("--tau-drop", type=float, default=0.3)
-    parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "dsc_all", "md_filter"])
+    parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "dsc_all", "md_filter", "md_gate"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/single_learner")

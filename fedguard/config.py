@@ -223,6 +223,7 @@ class SanitizerConfig:
     slope: float = 0.02
     history_lag: int = 1  # dsc: historical model = global model the client saw this many participations ago (0 = this round's)
     drop_above: float | None = None  # dsc: after correction, drop samples whose own MD is above this
+    skip_uncorrected: bool = False  # dsc: skip the SGD step of a batch whose MD is still above the threshold after correction (steps=0: an MD gate)
     dsc_start_round: int = 1  # dsc: the online phase starts here; earlier rounds are the learner's pretraining (nothing corrected, t not counted)
     window: int = 1024  # epic/ispl/confusion: the last this many distinct stream samples are re-examined
     every: int = 1  # epic/ispl/confusion: re-examine the window every this many participations

@@ -13,6 +13,7 @@ from fedguard.config import compose
 from fedguard.defense.md import md_per_sample
 from fedguard.sanitizers import (
     CORRECTED,
+    DROPPED,
     FLAGGED,
     FLAGGED_POISONED,
     METRICS,
@@ -201,6 +202,24 @@ def test_drop_above_drops_and_flags_the_most_discrepant_samples(diverged):
         per = md_per_sample(other.eval()(x), cur.eval()(x))
     assert torch.equal(mask, per > 0.5) and 0 < int(mask.sum()) < len(y)
     assert len(out[1]) == len(y) - int(mask.sum()) and torch.equal(out[0], x[~mask])
+
+
+def test_skip_uncorrected_gates_whole_batches_on_their_mean_md(diverged):
+    cur, hist = diverged
+    x, y = batch(5)
+    other = copy.deepcopy(cur)
+    nn.utils.vector_to_parameters(hist, other.parameters())
+    with torch.no_grad():
+        mean_md = float(md_per_sample(other.eval()(x), cur.eval()(x)).mean())
+    for tau0, skipped in ((0.5 * mean_md, True), (2.0 * mean_md, False)):
+        context = ctx()
+        san = DSCSanitizer(steps=0, tau0=tau0, slope=0.0, history_lag=0, skip_uncorrected=True)
+        san.begin_round(cur, context, 1)
+        san._hist = hist
+        (out,), (mask,) = san.sanitize(cur, [(x, y)], context, 1)
+        assert bool(mask.all()) is skipped and bool(mask.any()) is skipped
+        assert len(out[1]) == (0 if skipped else len(y))
+        assert san.end_round(cur, context, 1)[DROPPED] == (len(y) if skipped else 0)
 
 
 def test_build_sanitizer_from_config():

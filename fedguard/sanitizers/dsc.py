@@ -30,7 +30,9 @@ count (its snapshots are still kept), so `t` is the step count of the online pha
 
 Flags: the samples of a corrected batch (>= 1 step) are all flagged (DSC acts on the batch);
 with `drop_above`, samples whose own MD after correction is above it are also flagged and are
-dropped from the batch.
+dropped from the batch. With `skip_uncorrected`, a batch whose mean MD is still above the
+threshold when the correction ends is dropped whole (its SGD step is skipped); with
+`steps=0` that is an MD gate: DSC's test with the batch skipped instead of corrected.
 """
 
 from __future__ import annotations
@@ -108,13 +110,14 @@ class DSCSanitizer(Sanitizer):
 
     def __init__(self, eps: float = 0.2, step: float = 0.02, steps: int = 10, tau0: float = 0.5,
                  slope: float = 0.02, history_lag: int = 1, drop_above: float | None = None,
-                 start_round: int = 1):
+                 start_round: int = 1, skip_uncorrected: bool = False):
         super().__init__()
         self.eps, self.step, self.steps = float(eps), float(step), int(steps)
         self.tau0, self.slope = float(tau0), float(slope)
         self.history_lag = int(history_lag)
         self.drop_above = None if drop_above is None else float(drop_above)
         self.start_round = int(start_round)
+        self.skip_uncorrected = bool(skip_uncorrected)
         self._global: Tensor | None = None
         self._hist: Tensor | None = None
         self._t = 0
@@ -123,7 +126,7 @@ class DSCSanitizer(Sanitizer):
     @classmethod
     def from_config(cls, san) -> DSCSanitizer:
         return cls(san.eps, san.step, san.steps, san.tau0, san.slope, san.history_lag, san.drop_above,
-                   san.dsc_start_round)
+                   san.dsc_start_round, san.skip_uncorrected)
 
     # ------------------------------------------------------------------ Context.state
     @staticmethod
@@ -173,15 +176,19 @@ class DSCSanitizer(Sanitizer):
             if self._hist is None:
                 out.append((x, y))
             else:
-                res = dsc_correct(model, self._hist, x, y, self.threshold(self._t), self.eps, self.step,
-                                  self.steps)
+                threshold = self.threshold(self._t)
+                res = dsc_correct(model, self._hist, x, y, threshold, self.eps, self.step, self.steps)
                 self._mds.append(res.md_before)
                 if res.steps:
                     self.stats[CORRECTED] += 1
                     self.stats[STEPS] += res.steps
                     mask[:] = True
                 x_new, y_new = res.x, y
-                if self.drop_above is not None:
+                if self.skip_uncorrected and res.md_after > threshold:
+                    mask[:] = True
+                    self.stats[DROPPED] += len(y)
+                    x_new, y_new = x[:0], y[:0]
+                elif self.drop_above is not None:
                     drop = res.md_samples > self.drop_above
                     mask |= drop
                     self.stats[DROPPED] += int(drop.sum())
