@@ -222,6 +222,7 @@ class SanitizerConfig:
     tau0: float = 0.5  # dsc: threshold tau0 + slope * t (t = the client's online step count)
     slope: float = 0.02
     history_lag: int = 1  # dsc: historical model = global model the client saw this many participations ago (0 = this round's)
+    history_round: int | None = None  # dsc: instead, the global model received in this round (or its first participation after it), kept for the rest of the run (the paper's fixed checkpoint)
     drop_above: float | None = None  # dsc: after correction, drop samples whose own MD is above this
     skip_uncorrected: bool = False  # dsc: skip the SGD step of a batch whose MD is still above the threshold after correction (steps=0: an MD gate)
     dsc_start_round: int = 1  # dsc: the online phase starts here; earlier rounds are the learner's pretraining (nothing corrected, t not counted)
@@ -535,10 +536,13 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
         _fail("sanitizer.slope", san.slope, "a value >= 0 (the threshold grows with the online step)")
     if san.history_lag < 0:
         _fail("sanitizer.history_lag", san.history_lag, "an integer >= 0 (participations back)")
-    if san.name == "dsc" and san.history_lag > 0 and cfg.backend.num_supernodes is not None:
+    if san.name == "dsc" and (san.history_lag > 0 or san.history_round is not None) \
+            and cfg.backend.num_supernodes is not None:
         _fail("sanitizer.history_lag", san.history_lag,
               "0 with virtual clients (backend.num_supernodes): the server carries a client's JSON "
               "state only, not DSC's model snapshots")
+    if san.history_round is not None and san.history_round < 1:
+        _fail("sanitizer.history_round", san.history_round, "a server round >= 1, or null for history_lag")
     if san.drop_above is not None and san.drop_above <= 0:
         _fail("sanitizer.drop_above", san.drop_above, "a positive MD, or null to drop nothing")
     if san.window < 1:

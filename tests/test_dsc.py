@@ -9,7 +9,7 @@ import torch
 from flwr.app import Context, RecordDict
 from torch import nn
 
-from fedguard.config import compose
+from fedguard.config import compose, validate
 from fedguard.defense.md import md_per_sample
 from fedguard.sanitizers import (
     CORRECTED,
@@ -168,6 +168,20 @@ def test_dsc_history_and_online_step_count_live_in_context_state(diverged):
     assert torch.equal(san3._hist, flat_params(cur))
     san3.end_round(cur, context3, 1)
     assert "dsc-history" not in context3.state.array_records
+
+
+def test_history_round_anchors_the_global_model_of_that_round_for_the_rest_of_the_run():
+    context = ctx()
+    for rnd in (1, 3, 4, 7):  # participations; the anchor round 2 is missed, so round 3's model is kept
+        san = DSCSanitizer(history_round=2)
+        san.begin_round(mlp(rnd), context, rnd)
+        assert (san._hist is None) == (rnd <= 3)
+        if rnd > 3:
+            assert torch.equal(san._hist, flat_params(mlp(3)))
+        san.end_round(mlp(rnd), context, rnd)
+        assert list(context.state.config_records["dsc"]["rounds"]) == ([] if rnd < 2 else [3])
+    assert "history_round" in str(pytest.raises(ValueError, validate, compose(
+        ["sanitizer=dsc", "sanitizer.history_round=0"])).value)
 
 
 def test_before_start_round_batches_pass_untouched_and_t_does_not_count(diverged):

@@ -17,8 +17,11 @@ the box is [min(0, x0), max(1, x0)] elementwise, i.e. exactly [0, 1] for images.
 
 Historical model: the global model this client received `history_lag` participations ago
 (1 = at its previous participation; 0 = this round's global model, i.e. MD against the start
-of the round). The paper used a fixed checkpoint 20 epochs behind; a client here keeps the
-last `history_lag` global models it saw, as flat float32 vectors in an ArrayRecord of its
+of the round). The paper used a fixed checkpoint 20 epochs behind: with `history_round` the
+historical model is instead the global model received in that round (or at the first
+participation after it), kept for the rest of the run. A client keeps the last
+`history_lag` global models it saw (or the one of `history_round`), as flat float32 vectors
+in an ArrayRecord of its
 `Context.state` ("dsc-history"), and `t` plus their rounds in a ConfigRecord ("dsc"). With
 fewer snapshots than the lag the oldest is used; with none (first participation) nothing is
 corrected. The ArrayRecord is not echoed to the server (checkpoints carry JSON state only):
@@ -110,7 +113,7 @@ class DSCSanitizer(Sanitizer):
 
     def __init__(self, eps: float = 0.2, step: float = 0.02, steps: int = 10, tau0: float = 0.5,
                  slope: float = 0.02, history_lag: int = 1, drop_above: float | None = None,
-                 start_round: int = 1, skip_uncorrected: bool = False):
+                 start_round: int = 1, skip_uncorrected: bool = False, history_round: int | None = None):
         super().__init__()
         self.eps, self.step, self.steps = float(eps), float(step), int(steps)
         self.tau0, self.slope = float(tau0), float(slope)
@@ -118,6 +121,7 @@ class DSCSanitizer(Sanitizer):
         self.drop_above = None if drop_above is None else float(drop_above)
         self.start_round = int(start_round)
         self.skip_uncorrected = bool(skip_uncorrected)
+        self.history_round = None if history_round is None else int(history_round)
         self._global: Tensor | None = None
         self._hist: Tensor | None = None
         self._t = 0
@@ -126,7 +130,7 @@ class DSCSanitizer(Sanitizer):
     @classmethod
     def from_config(cls, san) -> DSCSanitizer:
         return cls(san.eps, san.step, san.steps, san.tau0, san.slope, san.history_lag, san.drop_above,
-                   san.dsc_start_round, san.skip_uncorrected)
+                   san.dsc_start_round, san.skip_uncorrected, san.history_round)
 
     # ------------------------------------------------------------------ Context.state
     @staticmethod
@@ -155,7 +159,9 @@ class DSCSanitizer(Sanitizer):
         super().begin_round(model, context, server_round)
         self._global = flat_params(model)
         self._t, snaps = self.load_history(context)
-        if self.history_lag == 0:
+        if self.history_round is not None:
+            self._hist = snaps[0][1] if snaps else None  # the anchor, once received
+        elif self.history_lag == 0:
             self._hist = self._global
         elif snaps:
             self._hist = snaps[max(0, len(snaps) - self.history_lag)][1]
@@ -200,7 +206,10 @@ class DSCSanitizer(Sanitizer):
 
     def end_round(self, model: nn.Module, context: Context, server_round: int) -> dict[str, float]:
         _, snaps = self.load_history(context)
-        if self.history_lag > 0:
+        if self.history_round is not None:
+            if not snaps and server_round >= self.history_round:
+                snaps = [(int(server_round), self._global)]
+        elif self.history_lag > 0:
             snaps = (snaps + [(int(server_round), self._global)])[-self.history_lag:]
         else:
             snaps = []
