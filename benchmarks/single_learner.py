@@ -21,7 +21,9 @@ Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_
 - md_filter: DSC's MD test without its correction: samples whose MD is above `--tau-drop`
   are dropped (`steps=0 drop_above`);
 - md_gate: DSC's batch test without its correction: a batch whose mean MD is above `--tau`
-  is skipped (`steps=0 skip_uncorrected=true`).
+  is skipped (`steps=0 skip_uncorrected=true`);
+- dsc_anchor, md_gate_anchor: dsc_tau and md_gate against the paper's fixed historical model,
+  the global model of round `--history-round` (`history_round`), at threshold `--tau-anchor`.
 
 Writes OUT/single_learner.md and .csv.
 """
@@ -37,6 +39,8 @@ from cells import add_cell_arguments, fmt, mean, run_cells
 
 def learners(args) -> dict[str, list[str]]:
     dsc = ["sanitizer=dsc", f"sanitizer.dsc_start_round={args.pretrain_rounds + 1}"]
+    anchor = dsc + [f"sanitizer.history_round={args.history_round}", f"sanitizer.tau0={args.tau_anchor:g}",
+                    "sanitizer.slope=0"]
     return {
         "plain": [],
         "clipping": ["defense=clipping", f"defense.clip_norm={args.clip_norm:g}"],
@@ -46,6 +50,8 @@ def learners(args) -> dict[str, list[str]]:
         "md_filter": dsc + ["sanitizer.steps=0", f"sanitizer.drop_above={args.tau_drop:g}"],
         "md_gate": dsc + ["sanitizer.steps=0", "sanitizer.skip_uncorrected=true", f"sanitizer.tau0={args.tau:g}",
                           "sanitizer.slope=0"],
+        "dsc_anchor": anchor,
+        "md_gate_anchor": anchor + ["sanitizer.steps=0", "sanitizer.skip_uncorrected=true"],
     }
 
 
@@ -70,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-norm", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=0.25)
     parser.add_argument("--tau-drop", type=float, default=0.3)
-    parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "dsc_all", "md_filter", "md_gate"])
+    parser.add_argument("--history-round", type=int, default=20, help="the anchored learners' historical model")
+    parser.add_argument("--tau-anchor", type=float, default=0.4, help="the anchored learners' threshold")
+    parser.add_argument("--learners", nargs="+", default=["plain", "clipping", "dsc", "dsc_tau", "dsc_all", "md_filter",
+                                                          "md_gate", "dsc_anchor", "md_gate_anchor"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_cell_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/single_learner")

@@ -45,7 +45,7 @@ def test_single_learner_cells_are_valid_runs_whose_online_phase_starts_with_the_
                  "t10k-labels-idx1-ubyte"):
         (tmp_path / name).touch()  # validate checks that the files are there, not what they hold
     cells = learner_cells(build_parser().parse_args(["--root", str(tmp_path)]))
-    assert {kind for _, kind, _ in cells} == {"acc", "alone"} and len(cells) == 14
+    assert {kind for _, kind, _ in cells} == {"acc", "alone"} and len(cells) == 18
     for (name, kind, seed), overrides in cells.items():
         cfg = compose(overrides)
         validate(cfg)
