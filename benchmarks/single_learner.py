@@ -25,7 +25,8 @@ Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_
 - dsc_anchor, md_gate_anchor: dsc_tau and md_gate against the paper's fixed historical model,
   the global model of round `--history-round` (`history_round`), at threshold `--tau-anchor`.
 
-Writes OUT/single_learner.md and .csv.
+Writes OUT/single_learner.md, .csv and .png (the error increase per learner, with the
+accumulation and with the trigger alone).
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ import argparse
 import csv
 from pathlib import Path
 
-from cells import add_cell_arguments, fmt, mean, run_cells
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from cells import add_cell_arguments, fmt, mean, run_cells  # noqa: E402
 
 
 def learners(args) -> dict[str, list[str]]:
@@ -125,7 +130,24 @@ def main() -> None:
                 cols += [f"{r[f'{kind}_before']:.3f} -> {r[f'{kind}_after']:.3f}", f"{r[f'{kind}_increase']:.1f}"]
         lines.append(f"| {r['learner']} | " + " | ".join(cols) + f" | {fmt(r.get('acc_recall'), 2)} |")
     (out / "single_learner.md").write_text("\n".join(lines) + "\n")
+    chart(rows, len(args.seeds), out / "single_learner.png")
     print("\n".join(lines))
+
+
+def chart(rows: list[dict], seeds: int, path: Path) -> None:
+    """Grouped bars: the trigger-induced error increase of each learner, with and without the accumulation."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.6))
+    for offset, (kind, label) in zip((-0.2, 0.2), (("acc", "after 10 rounds of poisons"), ("alone", "trigger alone"))):
+        ax.bar([i + offset for i in range(len(rows))], [r.get(f"{kind}_increase", float("nan")) for r in rows],
+               width=0.4, label=label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)), [r["learner"] for r in rows], rotation=20)
+    ax.set_ylabel("error increase at the trigger (points)")
+    ax.set_title(f"Single learner, MNIST ({seeds} seed{'s' if seeds > 1 else ''})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
