@@ -41,6 +41,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from cells import add_cell_arguments, fmt, mean, run_cells  # noqa: E402
 
+from fedguard.config import compose  # noqa: E402
+
 
 def learners(args) -> dict[str, list[str]]:
     dsc = ["sanitizer=dsc", f"sanitizer.dsc_start_round={args.pretrain_rounds + 1}"]
@@ -111,6 +113,10 @@ def main() -> None:
             row[f"{kind}_after"] = mean([s["accuracy_after_trigger"] for s in runs])
             row[f"{kind}_increase"] = 100 * mean([s["trigger_drop"] for s in runs])
             row[f"{kind}_recall"] = mean([(s.get("sanitizer") or {}).get("recall") for s in runs])
+        if "alone_error" not in row and "sanitizer=dsc" in variants[name]:  # honest online batches the sanitiser acted on
+            online = args.accumulate_rounds * clean_samples_per_round(cells[name, "alone", args.seeds[0]])
+            row["alone_clean_flagged"] = mean([(s["sanitizer"]["flagged"] - s["sanitizer"]["flagged_poisoned"]) / online
+                                               for s in (done[name, "alone", seed] for seed in args.seeds)])
         rows.append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +126,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| learner | with accumulation: before -> after | error increase (points) | trigger alone: before -> after "
-             "| error increase (points) | sanitiser recall on poisons, with accumulation |", "|---" * 6 + "|"]
+             "| error increase (points) | sanitiser recall on poisons, with accumulation "
+             "| clean online samples flagged, trigger alone |", "|---" * 7 + "|"]
     for r in rows:
         cols = []
         for kind in ("acc", "alone"):
@@ -128,10 +135,16 @@ def main() -> None:
                 cols += [r[f"{kind}_error"], "-"]
             else:
                 cols += [f"{r[f'{kind}_before']:.3f} -> {r[f'{kind}_after']:.3f}", f"{r[f'{kind}_increase']:.1f}"]
-        lines.append(f"| {r['learner']} | " + " | ".join(cols) + f" | {fmt(r.get('acc_recall'), 2)} |")
+        lines.append(f"| {r['learner']} | " + " | ".join(cols)
+                     + f" | {fmt(r.get('acc_recall'), 2)} | {fmt(r.get('alone_clean_flagged'), 2)} |")
     (out / "single_learner.md").write_text("\n".join(lines) + "\n")
     chart(rows, len(args.seeds), out / "single_learner.png")
     print("\n".join(lines))
+
+
+def clean_samples_per_round(overrides: list[str]) -> int:
+    cfg = compose(overrides)
+    return int(cfg.local_steps * cfg.batch_size)
 
 
 def chart(rows: list[dict], seeds: int, path: Path) -> None:
