@@ -19,13 +19,13 @@ Historical model: the global model this client received `history_lag` participat
 (1 = at its previous participation; 0 = this round's global model, i.e. MD against the start
 of the round). The paper used a fixed checkpoint 20 epochs behind: with `history_round` the
 historical model is instead the global model received in that round (or at the first
-participation after it), kept for the rest of the run. A client keeps the last
-`history_lag` global models it saw (or the one of `history_round`), as flat float32 vectors
-in an ArrayRecord of its
-`Context.state` ("dsc-history"), and `t` plus their rounds in a ConfigRecord ("dsc"). With
-fewer snapshots than the lag the oldest is used; with none (first participation) nothing is
-corrected. The ArrayRecord is not echoed to the server (checkpoints carry JSON state only):
-after a resume a client starts a new history (its `t` goes on).
+participation after it), kept for the rest of the run. A client keeps its snapshots (the last
+`history_lag` global models it saw, or the `history_round` one) as flat float32 vectors in an
+ArrayRecord of its `Context.state` ("dsc-history"), and `t` plus their rounds in a
+ConfigRecord ("dsc"). With fewer snapshots than the lag the oldest is used; with none (first
+participation, or before `history_round`) nothing is corrected. The ArrayRecord is not echoed
+to the server (checkpoints carry JSON state only): after a resume a client starts a new
+history (its `t` goes on).
 
 Pretraining: the paper corrects an online phase that starts from a trained model. Before
 server round `start_round` the client trains on its batches as they are and `t` does not
