@@ -138,7 +138,7 @@ def main() -> None:
         lines.append(f"| {r['learner']} | " + " | ".join(cols)
                      + f" | {fmt(r.get('acc_recall'), 2)} | {fmt(r.get('alone_clean_flagged'), 2)} |")
     (out / "single_learner.md").write_text("\n".join(lines) + "\n")
-    chart(rows, len(args.seeds), out / "single_learner.png")
+    chart(rows, len(args.seeds), args.accumulate_rounds, out / "single_learner.png")
     print("\n".join(lines))
 
 
@@ -147,10 +147,11 @@ def clean_samples_per_round(overrides: list[str]) -> int:
     return int(cfg.local_steps * cfg.batch_size)
 
 
-def chart(rows: list[dict], seeds: int, path: Path) -> None:
+def chart(rows: list[dict], seeds: int, accumulate_rounds: int, path: Path) -> None:
     """Grouped bars: the trigger-induced error increase of each learner, with and without the accumulation."""
     fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.6))
-    for offset, (kind, label) in zip((-0.2, 0.2), (("acc", "after 10 rounds of poisons"), ("alone", "trigger alone"))):
+    for offset, (kind, label) in zip((-0.2, 0.2), (("acc", f"after {accumulate_rounds} rounds of poisons"),
+                                                         ("alone", "trigger alone"))):
         ax.bar([i + offset for i in range(len(rows))], [r.get(f"{kind}_increase", float("nan")) for r in rows],
                width=0.4, label=label)
     ax.axhline(0, color="black", linewidth=0.8)
