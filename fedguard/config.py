@@ -536,11 +536,13 @@ def _validate_stream_poison_and_sanitizer(cfg: DictConfig) -> None:
         _fail("sanitizer.slope", san.slope, "a value >= 0 (the threshold grows with the online step)")
     if san.history_lag < 0:
         _fail("sanitizer.history_lag", san.history_lag, "an integer >= 0 (participations back)")
-    if san.name == "dsc" and (san.history_lag > 0 or san.history_round is not None) \
-            and cfg.backend.num_supernodes is not None:
-        _fail("sanitizer.history_lag", san.history_lag,
-              "0 with virtual clients (backend.num_supernodes): the server carries a client's JSON "
-              "state only, not DSC's model snapshots")
+    if san.name == "dsc" and cfg.backend.num_supernodes is not None:
+        snapshots = "with virtual clients (backend.num_supernodes): the server carries a client's JSON state " \
+                    "only, not DSC's model snapshots"
+        if san.history_round is not None:
+            _fail("sanitizer.history_round", san.history_round, "null " + snapshots)
+        if san.history_lag > 0:
+            _fail("sanitizer.history_lag", san.history_lag, "0 " + snapshots)
     if san.history_round is not None and san.history_round < 1:
         _fail("sanitizer.history_round", san.history_round, "a server round >= 1, or null for history_lag")
     if san.drop_above is not None and san.drop_above <= 0:

@@ -40,6 +40,8 @@ def test_dataset_brings_its_natural_model_unless_overridden(mnist_root):
     (["num_clients=100", "fraction_train=0.1", "backend.num_supernodes=5"], "backend.num_supernodes", "5"),
     (["num_clients=10", "backend.num_supernodes=11"], "backend.num_supernodes", "11"),
     (["backend.num_supernodes=10", "sanitizer=dsc"], "sanitizer.history_lag", "1"),
+    (["backend.num_supernodes=10", "sanitizer=dsc", "sanitizer.history_lag=0", "sanitizer.history_round=5"],
+     "sanitizer.history_round", "5"),
     (["resume=/nonexistent/run"], "resume", "/nonexistent/run"),
     (["faults.kind=hang", "faults.rate=0.5", "backend.init_args.num_cpus=2"], "faults.rate", "0.5"),
 ])
