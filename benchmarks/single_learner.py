@@ -113,10 +113,10 @@ def main() -> None:
             row[f"{kind}_after"] = mean([s["accuracy_after_trigger"] for s in runs])
             row[f"{kind}_increase"] = 100 * mean([s["trigger_drop"] for s in runs])
             row[f"{kind}_recall"] = mean([(s.get("sanitizer") or {}).get("recall") for s in runs])
-        if "alone_error" not in row and "sanitizer=dsc" in variants[name]:  # honest online batches the sanitiser acted on
-            online = args.accumulate_rounds * clean_samples_per_round(cells[name, "alone", args.seeds[0]])
-            row["alone_clean_flagged"] = mean([(s["sanitizer"]["flagged"] - s["sanitizer"]["flagged_poisoned"]) / online
-                                               for s in (done[name, "alone", seed] for seed in args.seeds)])
+            if kind == "alone" and "sanitizer=dsc" in variants[name]:  # honest online samples the sanitiser acted on
+                online = args.accumulate_rounds * clean_samples_per_round(cells[name, kind, args.seeds[0]])
+                row["alone_clean_flagged"] = mean([(s["sanitizer"]["flagged"] - s["sanitizer"]["flagged_poisoned"])
+                                                   / online for s in runs])
         rows.append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
