@@ -17,10 +17,10 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from fedguard import launch
 
 
 def cell_dir(root: Path, overrides: list[str]) -> Path:
@@ -51,8 +51,7 @@ def run_cell(out: Path, overrides: list[str], run: bool = True) -> dict:
     if not (out / "summary.json").is_file():
         if not run:
             return dict(NOT_RUN)
-        proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *overrides, "progress=false",
-                               f"hydra.run.dir={out}"], capture_output=True, text=True)
+        proc, _ = launch.run([*overrides, "progress=false"], out)
         if proc.returncode != 0:
             lines = proc.stderr.strip().splitlines()
             return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from fedguard import launch
+
 KINDS = ("crash", "hang", "nan", "wrong_shape", "oversize", "inflate_examples", "garbage")
 
 
 def run(run_dir: Path, overrides: list[str]) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *overrides, f"hydra.run.dir={run_dir}"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc, summary = launch.run(overrides, run_dir)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"finished": False, "wall_s": wall, "error": proc.stderr[-2000:]}
-    summary = json.loads((run_dir / "summary.json").read_text())
     clients = [json.loads(line) for line in (run_dir / "clients.jsonl").read_text().splitlines() if line]
     faulty = [c for c in clients if c.get("fault")]
     return {"finished": True, "wall_s": wall, "final_accuracy": summary["final_accuracy"],

@@ -28,7 +28,8 @@ from fedguard.models import arrays_to_model, build_model, flat_from_arrays, mode
 from fedguard.server_app import sample_partitions
 from fedguard.simulation import run_simulation
 from fedguard.streams import IndexStream
-from fedguard.training import evaluate, sgd_steps
+from fedguard.evaluation import evaluate
+from fedguard.training import sgd_steps
 
 
 def flower_round_times(cfg) -> list[float]:

@@ -53,9 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -65,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fedguard.defense.history import ModelHistory  # noqa: E402
+from fedguard.defense.thresholds import robust_threshold  # noqa: E402
 from fedguard.defense.md import batched_md, md_per_sample, unflatten_state  # noqa: E402
 from fedguard.models import build_model, exchanged_state  # noqa: E402
 from fedguard.training import sgd_steps  # noqa: E402
@@ -127,11 +126,8 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
 
 
 def robust_flags(scores: np.ndarray, server_round: int) -> tuple[float, list[int]]:
-    """mddsc's own robust rule (`MDDSC.threshold`), first round of its window."""
-    from strategies.mddsc import MDDSC
-
-    state = SimpleNamespace(threshold_rule="robust", accepted=deque(), k=3.0, min_log_spread=0.1)
-    tau = MDDSC.threshold(state, server_round, scores)
+    """mddsc's own robust rule (`thresholds.robust_threshold`), first round of its window."""
+    tau = robust_threshold(scores, (), k=3.0, min_log_spread=0.1)
     return tau, [int(i) for i in np.flatnonzero(scores > tau)]
 
 

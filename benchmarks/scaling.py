@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+
+from fedguard import launch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,17 +44,20 @@ def tree_rss(proc: psutil.Process) -> int:
 
 def run(run_dir: Path, overrides: list[str]) -> dict:
     """One `fedguard run` with its timing from summary.json and the peak RSS of its tree."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "fedguard.cli", "run", *overrides, f"hydra.run.dir={run_dir}"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watched, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(watched))
-        time.sleep(0.2)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    start, peak, watched = time.perf_counter(), 0, []
+
+    def sample(job: launch.Launch) -> None:  # every 0.2 s while it runs
+        nonlocal peak
+        try:
+            if not watched:
+                watched.append(psutil.Process(job.pid))
+            peak = max(peak, tree_rss(watched[0]))
+        except psutil.Error:  # the launcher just exited
+            pass
+
+    proc, summary = launch.run(overrides, run_dir, poll=sample)
     if proc.returncode != 0:
-        raise RuntimeError(f"fedguard run {' '.join(overrides)} failed:\n{stderr[-3000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+        raise RuntimeError(f"fedguard run {' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
     t = summary["timing"]
     return {"round_s": t["round_s_mean"], "first_round_s": t["first_round_s"], "defense_s": t["defense_s"],
             "train_s": t["train_s"], "total_s": t["total_s"], "wall_s": time.perf_counter() - start,

@@ -1,14 +1,15 @@
 """The ClientApp: an honest client trains on the next batches of its own data stream; a
-malicious one (`attacks.malicious_ids`, with an attack configured) runs `attacks.client`.
+malicious one (`attacks.plan.malicious_set`, with an attack configured) runs `attacks.client`.
+The message keys are those of `fedguard/protocol.py`.
 
 Identity comes from the node (`node_config["partition-id"]`); the stream cursor lives in
 `Context.state`, so it persists across rounds on the node's Ray actor. With virtual clients
 (`backend.num_supernodes`, see server_app.py) the train message names the client instead
-("partition-id") and carries its state, which replaces the node's for this message.
+(`PARTITION`) and carries its state, which replaces the node's for this message.
 
 Reliability hooks: an injected fault (`fedguard/faults.py`) may crash, hang or corrupt the
-reply; every reply echoes the node's `Context.state` (ConfigRecord "info", key "state", JSON)
-so the server can checkpoint it, and a resumed server sends it back ("resume-state" in the
+reply; every reply echoes the node's `Context.state` (ConfigRecord `INFO`, key `STATE`, JSON)
+so the server can checkpoint it, and a resumed server sends it back (`RESUME_STATE` in the
 train ConfigRecord), applied once to a node whose state does not hold it yet (so client
 state, e.g. a sanitiser's, must live in ConfigRecords of JSON-able values). torch is
 seeded per (seed, round, partition) so any randomness in local training is reproducible
@@ -28,15 +29,31 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.app_config import config_from_context
-from fedguard.attacks.client import attack_info, malicious_set, malicious_train, server_round_of
+from fedguard.attacks.accumulative import attack_info
+from fedguard.attacks.client import malicious_train, server_round_of
+from fedguard.attacks.plan import malicious_set
+from fedguard.attacks.stream_poison import poison_stream_batch
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.faults import corrupt, fail_before_training, fault_for
 from fedguard.models import arrays_to_model, build_model, model_to_arrays
+from fedguard.protocol import (
+    ARRAYS,
+    DEVICE,
+    INFO,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION,
+    PID,
+    RAY_NODE,
+    RESUME_STATE,
+    STATE,
+    TRAIN_LOSS,
+    TRAIN_S,
+)
 from fedguard.runtime import assigned_device, ray_node_id, set_threads
 from fedguard.streams import next_batches
 from fedguard.sanitizers import build_sanitizer, train_sanitized, zero_metrics
-from fedguard.stream_poison import poison_stream_batch
 
 app = ClientApp()
 
@@ -51,7 +68,7 @@ def stream_batches(cfg, context: Context, partition_id: int):
 
     Returns (batches, partition size, poisoned masks, pool ids of each batch, fetch): an
     outsider's `stream_poison` is applied as the samples are drawn
-    (`fedguard/stream_poison.py`); the masks are ground truth, only counted for the recorder.
+    (`fedguard/attacks/stream_poison.py`); the masks are ground truth, only counted for the recorder.
     `fetch(ids) -> (x, y)` re-reads samples of this stream by pool id, poisoned the same way."""
     data = splits_from_config(cfg)
     indices = partition_from_config(cfg, data.pool.y, partition_id)
@@ -67,11 +84,6 @@ def stream_batches(cfg, context: Context, partition_id: int):
             lambda idx: draw(idx)[:2])
 
 
-RESUME_KEY = "resume-state"  # train ConfigRecord key: the node's state saved by a resumed server
-PARTITION_KEY = "partition-id"  # train ConfigRecord key (virtual clients): the client to train as
-STATE_INFO_KEY = "state"  # reply ConfigRecord "info" key: JSON of the node's Context.state
-
-
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
@@ -80,17 +92,17 @@ def client_identity(msg: Message, context: Context) -> int:
     """The partition this message trains: the node's own, or (virtual clients) the one the
     server names, whose carried state then replaces the node's (fresh when none is carried)."""
     for record in msg.content.config_records.values():
-        if PARTITION_KEY in record:
+        if PARTITION in record:
             context.state = RecordDict()
-            return int(record[PARTITION_KEY])
+            return int(record[PARTITION])
     return int(context.node_config["partition-id"])
 
 
 def apply_resume_state(msg: Message, context: Context) -> None:
     """Restore the ConfigRecords a resumed server sent, those this node does not hold yet."""
     for record in msg.content.config_records.values():
-        if RESUME_KEY in record and record[RESUME_KEY]:
-            for name, values in json.loads(str(record[RESUME_KEY])).items():
+        if RESUME_STATE in record and record[RESUME_STATE]:
+            for name, values in json.loads(str(record[RESUME_STATE])).items():
                 if name not in context.state.config_records:
                     context.state.config_records[name] = ConfigRecord(values)
 
@@ -114,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
     device = assigned_device()
     data = splits_from_config(cfg)
     model = _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
-    arrays_to_model(model, msg.content["arrays"]).to(device)
+    arrays_to_model(model, msg.content[ARRAYS]).to(device)
 
     sanitizer_metrics = zero_metrics()  # every reply carries these keys (fedguard/sanitizers)
     if partition_id in malicious_set(cfg):  # attack branch (fedguard/attacks/client.py)
@@ -129,16 +141,16 @@ def train(msg: Message, context: Context) -> Message:
         arrays = model_to_arrays(model.cpu())
 
     metrics = MetricRecord({
-        "num-examples": num_examples,
-        "train_loss": loss,
-        "partition-id": partition_id,
-        "train_s": time.perf_counter() - start,
+        NUM_EXAMPLES: num_examples,
+        TRAIN_LOSS: loss,
+        PARTITION: partition_id,
+        TRAIN_S: time.perf_counter() - start,
         **sanitizer_metrics,  # stream-poisoned, sanitizer-flagged-poisoned: ground truth, recorder only
     })
-    info = ConfigRecord({"ray-node": ray_node_id(), "pid": os.getpid(), "device": str(device),
-                         STATE_INFO_KEY: state_json(context),
+    info = ConfigRecord({RAY_NODE: ray_node_id(), PID: os.getpid(), DEVICE: str(device),
+                         STATE: state_json(context),
                          **attack_info(context)})  # attack.stealth_drop: attack-stopped, attack-val-acc
-    content = RecordDict({"arrays": arrays, "metrics": metrics, "info": info})
+    content = RecordDict({ARRAYS: arrays, METRICS: metrics, INFO: info})
     content = corrupt(fault, content, cfg.seed, server_round, partition_id)  # hostile-reply faults
     return Message(content=content, reply_to=msg)
 
@@ -154,5 +166,5 @@ def query(msg: Message, context: Context) -> Message:
     data = splits_from_config(cfg)
     partition_from_config(cfg, data.pool.y, partition_id)
     _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
-    content = RecordDict({"identity": MetricRecord({"partition-id": partition_id})})
+    content = RecordDict({"identity": MetricRecord({PARTITION: partition_id})})
     return Message(content=content, reply_to=msg)

@@ -7,15 +7,6 @@ import os
 import torch
 
 
-def in_ray_worker() -> bool:
-    try:
-        import ray
-
-        return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
-    except Exception:  # noqa: BLE001 - no Ray, or no worker context
-        return False
-
-
 def ray_node_id() -> str:
     """Id of the Ray node this code runs on ('local' outside Ray)."""
     try:

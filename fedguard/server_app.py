@@ -39,10 +39,8 @@ from omegaconf import DictConfig
 
 from fedguard import checkpoint
 from fedguard.app_config import config_from_context
-from fedguard.client_app import PARTITION_KEY, RESUME_KEY, STATE_INFO_KEY
 from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
-from fedguard.attacks.backdoor import round_asr
-from fedguard.attacks.client import INFO_STOPPED, INFO_VAL_ACC, attack_plan, malicious_set, round_phase
+from fedguard.attacks.plan import attack_plan, malicious_set, round_phase
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_to_model, build_model, flat_from_arrays, model_to_arrays
 from fedguard.progress import RoundProgress
@@ -50,7 +48,10 @@ from fedguard.recorder import Recorder
 from fedguard.runtime import ray_resources
 from fedguard.sanitizers import record_fields
 from fedguard.sampling import sample_partitions, sampled_count
-from fedguard.training import evaluate
+from fedguard.evaluation import evaluate, round_asr
+# the protocol's keys under their former local names, until the body below uses the protocol names
+from fedguard.protocol import ATTACK_STOPPED as INFO_STOPPED, ATTACK_VAL_ACC as INFO_VAL_ACC
+from fedguard.protocol import PARTITION as PARTITION_KEY, RESUME_STATE as RESUME_KEY, STATE as STATE_INFO_KEY
 from strategies import RoundNotes, build_strategy
 
 app = ServerApp()

@@ -3,7 +3,8 @@
 A client's partition is consumed as a stream: each round the client takes its next
 `local_steps` batches from a cursor; when the partition is exhausted it is reshuffled
 (a new epoch). The order of epoch e is a permutation seeded by (seed, partition, e), so
-the whole stream position is two integers, kept in `Context.state` between rounds.
+the whole stream position is two integers, kept in `Context.state` between rounds (the
+ConfigRecord `protocol.STREAM_STATE`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-STATE_KEY = "stream"
+from fedguard.protocol import STREAM_STATE
 
 
 @dataclass
@@ -52,14 +53,14 @@ class IndexStream:
         return np.concatenate(out)
 
 
-def load_cursor(context: Context, key: str = STATE_KEY) -> StreamCursor:
+def load_cursor(context: Context, key: str = STREAM_STATE) -> StreamCursor:
     record = context.state.config_records.get(key)
     if record is None:
         return StreamCursor()
     return StreamCursor(int(record["epoch"]), int(record["position"]))
 
 
-def save_cursor(context: Context, cursor: StreamCursor, key: str = STATE_KEY) -> None:
+def save_cursor(context: Context, cursor: StreamCursor, key: str = STREAM_STATE) -> None:
     context.state.config_records[key] = ConfigRecord({"epoch": cursor.epoch, "position": cursor.position})
 
 

@@ -1,4 +1,4 @@
-"""Local training and evaluation loops (plain torch)."""
+"""The local training loop (plain torch); the server's evaluation is in `fedguard.evaluation`."""
 
 from __future__ import annotations
 
@@ -31,18 +31,3 @@ def sgd_steps(model: nn.Module, batches, lr: float, momentum: float, device: tor
         opt.step()
         losses.append(loss.item())
     return float(np.mean(losses)) if losses else float("nan")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device,
-             batch_size: int = 1024) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on (x, y)."""
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start:start + batch_size]).to(device)
-        yb = torch.from_numpy(y[start:start + batch_size]).to(device)
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    return correct / len(y), loss_sum / len(y)

@@ -1,8 +1,13 @@
-"""Server strategies: Flower's robust aggregators, wrapper defenses, and the factory."""
+"""Server strategies: Flower's robust aggregators, wrapper defenses, and the factory.
+
+`DEFENSES` (strategies/factory.py) names every defense; a new one is a Flower strategy (or a
+`StrategyWrapper`) in its own module here, registered there with `@defense(...)`.
+"""
 
 from strategies.base import RoundNotes, StrategyWrapper
 from strategies.clipping import NormClipping, clip_factors
-from strategies.factory import build_strategy
+from strategies.factory import DEFENSES, aggregator_names, build_strategy
 from strategies.validation import ReplyValidator
 
-__all__ = ["NormClipping", "ReplyValidator", "RoundNotes", "StrategyWrapper", "build_strategy", "clip_factors"]
+__all__ = ["DEFENSES", "NormClipping", "ReplyValidator", "RoundNotes", "StrategyWrapper", "aggregator_names",
+           "build_strategy", "clip_factors"]

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from fedguard.defense.correction import batched_scale_correction, scale_correction
 from fedguard.defense.history import ModelHistory
 from fedguard.defense.md import md_against, reference_logits, unflatten_state
-from fedguard.defense.thresholds import MAD_TO_SIGMA, schedule_threshold
+from fedguard.defense.thresholds import robust_threshold, schedule_threshold
 from fedguard.models import arrays_from_flat, flat_from_arrays
 from fedguard.streams import IndexStream, StreamCursor
 from strategies.base import RoundNotes, StrategyWrapper, arrays_key
@@ -41,34 +41,28 @@ VAL_STREAM_ID = 2**31 - 1  # stream id of the server's validation stream
 
 
 class MDDSC(StrategyWrapper):
-    def __init__(self, inner: Strategy, model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, *,
-                 seed: int = 0, val_batch: int = 64, history_size: int = 10, history_stride: int = 1,
-                 history_dtype: str = "float32", history_spill: bool = False,
-                 history_spill_dir: str | None = None, score_chunk: int | None = None,
-                 reference: str = "lag", lag: int = 0,
-                 threshold_rule: str = "robust", tau0: float = 0.5, slope: float = 0.02, k: float = 2.5,
-                 min_log_spread: float = 0.1,
-                 window: int = 5, correction: str = "drop", scale_iters: int = 8, pgd_eps: float = 0.5,
-                 pgd_steps: int = 10, pgd_lr: float = 0.05, device: torch.device | None = None,
+    """Built from the `defense` config section (`settings`): `val_batch`, `score_chunk` and the
+    sub-sections `history` (size, stride, dtype, reference, lag, spill), `threshold` (rule, k,
+    min_log_spread, window, tau0, slope) and `correction` (method, scale_iters, pgd_eps,
+    pgd_steps, pgd_lr); see `fedguard/config` for what each knob means."""
+
+    def __init__(self, inner: Strategy, model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, settings, *,
+                 seed: int = 0, spill_dir: str | None = None, device: torch.device | None = None,
                  notes: RoundNotes | None = None):
         super().__init__(inner, notes)
+        h, self.thresholds, self.corrections = settings.history, settings.threshold, settings.correction
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device).eval()
         self.val_x, self.val_y = val_x, val_y
         self.val_stream = IndexStream(np.arange(len(val_y)), seed, VAL_STREAM_ID)
-        self.val_batch = min(val_batch, len(val_y))
-        self.history = ModelHistory(history_size, history_stride, history_dtype,
-                                    spill=history_spill, spill_dir=history_spill_dir)
-        if score_chunk is not None and score_chunk < 1:
-            raise ValueError(f"score_chunk must be >= 1 or None, got {score_chunk}")
-        self.score_chunk = score_chunk  # candidates per vmap call (None: all at once)
+        self.val_batch = min(settings.val_batch, len(val_y))
+        self.history = ModelHistory(h.size, h.stride, h.dtype, spill=h.spill, spill_dir=spill_dir)
+        self.reference, self.lag = h.reference, h.lag
+        if settings.score_chunk is not None and settings.score_chunk < 1:
+            raise ValueError(f"score_chunk must be >= 1 or None, got {settings.score_chunk}")
+        self.score_chunk = settings.score_chunk  # candidates per vmap call (None: all at once)
         self._ref_logits: list[torch.Tensor] | None = None  # the references' logits on this round's batch
-        self.reference, self.lag = reference, lag
-        self.threshold_rule, self.tau0, self.slope, self.k = threshold_rule, tau0, slope, k
-        self.min_log_spread = min_log_spread
-        self.accepted: deque[tuple[float, list[float]]] = deque(maxlen=window)  # (round median, accepted)
-        self.correction, self.scale_iters = correction, scale_iters
-        self.pgd_eps, self.pgd_steps, self.pgd_lr = pgd_eps, pgd_steps, pgd_lr
+        self.accepted: deque[tuple[float, list[float]]] = deque(maxlen=self.thresholds.window)  # (median, accepted)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
@@ -105,39 +99,34 @@ class MDDSC(StrategyWrapper):
         return total / len(logits)
 
     def threshold(self, server_round: int, scores: np.ndarray) -> float:
-        """The paper's schedule, or a robust rule: median + k*max(1.4826*MAD, min_log_spread) of
-        log-scores (MD is positive and heavy-tailed, roughly log-normal across honest clients;
-        the spread floor stops a few near-equal scores from flagging honest ones), over this
-        round's scores pooled with the accepted scores of recent rounds. MD drifts as training
-        goes, so each past round's accepted scores are first rescaled by the ratio of this
-        round's median to that round's median: the history lends its spread, this round its level."""
-        if self.threshold_rule == "schedule":
-            return schedule_threshold(server_round, self.tau0, self.slope)
-        level = float(np.median(scores))
-        history = [s * level / med for med, accepted in self.accepted if med > 0 for s in accepted]
-        pool = np.log(np.maximum(np.concatenate([scores, history]), 1e-12))
-        spread = max(MAD_TO_SIGMA * float(np.median(np.abs(pool - np.median(pool)))), self.min_log_spread)
-        return float(np.exp(np.median(pool) + self.k * spread))
+        """The paper's schedule `tau0 + slope * round`, or the robust rule over this round's
+        scores and the accepted scores of the last `threshold.window` rounds
+        (`fedguard.defense.thresholds`)."""
+        t = self.thresholds
+        if t.rule == "schedule":
+            return schedule_threshold(server_round, t.tau0, t.slope)
+        return robust_threshold(scores, self.accepted, t.k, t.min_log_spread)
 
     # ------------------------------------------------------------------ correction
     def _md_of(self, candidate: torch.Tensor, x: torch.Tensor) -> float:
         return float(self.scores(candidate[None], x)[0])
 
     def _scale(self, base: torch.Tensor, update: torch.Tensor, x: torch.Tensor, tau: float) -> float:
-        return scale_correction(lambda a: self._md_of(base + a * update, x), tau, self.scale_iters)
+        return scale_correction(lambda a: self._md_of(base + a * update, x), tau, self.corrections.scale_iters)
 
     def _pgd(self, base: torch.Tensor, update: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              tau: float) -> tuple[torch.Tensor, int]:
         """Steps on the update descending the validation loss, projected to an L2 ball of
         radius `pgd_eps * ||update||` around it, until MD is under `tau`."""
-        radius = self.pgd_eps * float(update.norm())
+        c = self.corrections
+        radius = c.pgd_eps * float(update.norm())
         u = update.clone()
-        for step in range(1, self.pgd_steps + 1):
+        for step in range(1, c.pgd_steps + 1):
             u.requires_grad_(True)
             logits = functional_call(self.model, unflatten_state(self.model, base + u), (x,))
             grad, = torch.autograd.grad(F.cross_entropy(logits, y), u)
             with torch.no_grad():
-                u = u - self.pgd_lr * grad
+                u = u - c.pgd_lr * grad
                 delta = u - update
                 if float(delta.norm()) > radius:
                     u = update + delta * (radius / float(delta.norm()))
@@ -178,9 +167,10 @@ class MDDSC(StrategyWrapper):
     def _correct(self, base: torch.Tensor, updates: torch.Tensor, md_one: torch.Tensor, x: torch.Tensor,
                  y: torch.Tensor, tau: float) -> list[tuple[torch.Tensor | None, str]]:
         """(corrected update or None for dropped, what was done) for each flagged update."""
-        if self.correction == "drop":
+        method = self.corrections.method
+        if method == "drop":
             return [(None, "drop")] * len(updates)
-        if self.correction == "pgd":
+        if method == "pgd":
             out = []
             for update in updates:
                 new_update, steps = self._pgd(base, update, x, y, tau)
@@ -193,7 +183,7 @@ class MDDSC(StrategyWrapper):
         md_zero = self.scores(base[None], x).cpu().expand(len(updates))
         alphas = batched_scale_correction(
             lambda a: self.scores(base + a.to(self.device)[:, None] * updates, x).cpu(), tau, len(updates),
-            iters=self.scale_iters, md_one=md_one, md_zero=md_zero)
+            iters=self.corrections.scale_iters, md_one=md_one, md_zero=md_zero)
         return [(float(a) * u, f"scale:{float(a):.4f}") for a, u in zip(alphas, updates)]
 
     def _defend(self, server_round: int, base: torch.Tensor, replies: list[Message], x: torch.Tensor,

@@ -1,4 +1,5 @@
-"""Omniscient attacks (`attack=alie|ipm`): the attacker's part that sees every honest update.
+"""Omniscient attacks (`attack=alie|ipm`): the server-side placement of the attacker's part that
+sees every honest update (the math is `fedguard.attacks.omniscient`).
 
 ALIE and IPM craft the malicious update from the honest clients' updates of the round, which
 a client cannot see, so (as Blades and Flower's FLANDERS baseline do) the simulation runs them
@@ -7,54 +8,30 @@ statistics use well-formed replies only), outside every defense and aggregator. 
 the attacker, not of the server: it may use the ground-truth malicious set, and a reply counts
 as malicious when its MetricRecord "partition-id" is in that set (the colluding ClientApps
 report theirs truthfully; no defense reads "partition-id"). The malicious ClientApps train
-honestly; this wrapper overwrites their arrays with `global + crafted update` in the rounds
-where the attack plan is attacking:
-
-- ALIE (Baruch et al., NeurIPS 2019): `mean - z * std` of the honest updates per coordinate
-  (population std); z given, or `alie_z(n, f)`: s = floor(n/2 + 1) - f,
-  z = Phi^-1((n - s) / n), with n the replies of the round and f the malicious among them.
-- IPM (Xie et al., UAI 2020): `-eps * mean` of the honest updates.
+honestly; this wrapper overwrites their arrays with `global + crafted update`
+(`attacks.omniscient.crafted_update`) in the rounds where the attack plan is attacking.
 
 Every malicious reply gets the same crafted update. On BatchNorm statistics (buffers,
-`param_mask` False) the reply keeps its own (honestly trained) values. If no honest reply
-came this round, the statistics use the malicious clients' own honest updates.
+`param_mask` False) the reply keeps its own (honestly trained) values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from statistics import NormalDist
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedguard.attacks.plan import AttackPlan
+from fedguard.attacks.craft import param_mask
+from fedguard.attacks.omniscient import OMNISCIENT, alie_update, alie_z, crafted_update, ipm_update
+from fedguard.attacks.plan import AttackPlan, attack_plan, malicious_set
 from fedguard.models import arrays_from_flat
+from fedguard.protocol import PARTITION
 from strategies.base import RoundNotes, StrategyWrapper, arrays_key
 
-OMNISCIENT = ("alie", "ipm")
-
-
-def alie_z(n: int, f: int) -> float:
-    """Baruch et al.'s z_max for n workers of which f are malicious: s = floor(n/2 + 1) - f
-    supporters needed, z = Phi^-1((n - s) / n); s is kept >= 1 and z >= 0 (the formula's
-    degenerate cases: f = 0, or a malicious majority)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    s = max(1, n // 2 + 1 - f)
-    return NormalDist().inv_cdf(max(0.5, (n - s) / n))
-
-
-def alie_update(honest: Tensor, z: float) -> Tensor:
-    """mean - z * std over the rows (updates) of `honest` (k, d), population std."""
-    return honest.mean(0) - z * honest.std(0, unbiased=False)
-
-
-def ipm_update(honest: Tensor, eps: float) -> Tensor:
-    """-eps * mean over the rows (updates) of `honest` (k, d)."""
-    return -eps * honest.mean(0)
+__all__ = ["OMNISCIENT", "OmniscientAttack", "alie_update", "alie_z", "ipm_update", "omniscient_from_config"]
 
 
 class OmniscientAttack(StrategyWrapper):
@@ -72,7 +49,7 @@ class OmniscientAttack(StrategyWrapper):
 
     def is_malicious(self, msg: Message) -> bool:
         metrics = next(iter(msg.content.metric_records.values()), None)
-        pid = metrics.get("partition-id") if metrics is not None else None
+        pid = metrics.get(PARTITION) if metrics is not None else None
         return pid is not None and int(pid) in self.malicious
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -91,14 +68,10 @@ class OmniscientAttack(StrategyWrapper):
             return None
         base, flat = self.flat_updates(valid)
         updates = {id(m): u for m, u in zip(valid, flat)}
-        honest = [updates[id(m)] for m in valid if not self.is_malicious(m)] or [updates[id(m)] for m in bad]
-        stacked = torch.stack(honest)
-        if self.kind == "alie":
-            z = self.z if self.z is not None else alie_z(len(valid), len(bad))
-            crafted = alie_update(stacked, z)
-            self.notes.round["alie_z"] = float(z)
-        else:
-            crafted = ipm_update(stacked, self.eps)
+        crafted, z = crafted_update(self.kind, [updates[id(m)] for m in valid],
+                                    [self.is_malicious(m) for m in valid], z=self.z, eps=self.eps)
+        if z is not None:
+            self.notes.round["alie_z"] = z
         for msg in bad:
             own = updates[id(msg)]
             update = crafted if self.param_mask is None else torch.where(self.param_mask, crafted, own)
@@ -109,8 +82,6 @@ class OmniscientAttack(StrategyWrapper):
 
 def omniscient_from_config(cfg, inner: Strategy, notes: RoundNotes | None = None, model=None) -> OmniscientAttack:
     """`attack=alie|ipm` around `inner` (the defense), with the run's malicious set and plan."""
-    from fedguard.attacks.client import attack_plan, malicious_set, param_mask
-
     a = cfg.attack
     return OmniscientAttack(inner, a.name, malicious_set(cfg), attack_plan(cfg), z=a.alie_z, eps=a.ipm_eps,
                             param_mask=param_mask(model) if model is not None else None, notes=notes)

@@ -1,4 +1,5 @@
-"""Malicious clients (fedguard/attacks/client.py), called directly on digits (no Ray)."""
+"""Malicious clients (fedguard/attacks/client.py, craft.py, accumulative.py and the attack
+modules), called directly on digits (no Ray)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,17 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedguard.attacks.client import (
-    STATE_KEY,
-    attack_info,
-    attacker_data,
-    craft,
-    heldout_accuracy,
-    heldout_split,
-    malicious_set,
-    malicious_train,
-    round_phase,
-    stealth_step,
-)
+from fedguard.attacks.accumulative import attack_info, heldout_accuracy, stealth_step
+from fedguard.attacks.client import attacker_data, heldout_split, malicious_train
+from fedguard.attacks.craft import craft
 from fedguard.attacks.objectives import model_params, perturb_trigger
-from fedguard.attacks.plan import malicious_ids
+from fedguard.attacks.plan import malicious_ids, malicious_set, round_phase
 from fedguard.client_app import state_json
 from fedguard.config import ConfigError, compose, flatten, validate
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.models import build_model, flat_from_arrays, model_to_arrays
+from fedguard.protocol import ATTACK_STATE
 from fedguard.recorder import Recorder
 from fedguard.training import sgd_steps
 
@@ -289,7 +282,7 @@ def test_stealth_drop_client_replies_honestly_after_the_drop(flower_identity, fo
         honest = flat_from_arrays(model_to_arrays(model)) + honest_update(cfg, model, batches)
         is_honest = torch.allclose(flat_from_arrays(arrays), honest, atol=1e-5)
         assert is_honest == honest_expected, (rnd, form)
-        state = dict(ctx.state.config_records[STATE_KEY])
+        state = dict(ctx.state.config_records[ATTACK_STATE])
         assert state["stopped"] == stopped and state["stopped_round"] == (3 if stopped else 0)
         assert attack_info(ctx)["attack-stopped"] == stopped
     assert state["reference"] == pytest.approx(heldout_accuracy(good, val.x_val, val.y_val, CPU))
@@ -301,7 +294,7 @@ def test_stealth_drop_null_keeps_no_state(flower_identity):
     ctx = context(cfg, pid)
     model, _ = global_model(cfg)
     malicious_train(cfg, _train_message(model, 2), ctx, model, pid, CPU)
-    assert STATE_KEY not in ctx.state.config_records and attack_info(ctx) == {}
+    assert ATTACK_STATE not in ctx.state.config_records and attack_info(ctx) == {}
 
 
 def test_data_form_trains_through_the_sanitizer(flower_identity):

@@ -1,4 +1,4 @@
-"""Backdoor attack (fedguard/attacks/backdoor.py, the client branch, config, recorder)."""
+"""Backdoor attack (fedguard/attacks/backdoor.py, the client branch, config, recorder, round_asr)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from fedguard.attacks.backdoor import (
     patch_trigger,
     poison_batch,
     poison_count,
-    round_asr,
     trigger_from_config,
 )
 from fedguard.config import ConfigError, compose, validate
+from fedguard.evaluation import round_asr
 from fedguard.recorder import Recorder
-from fedguard.attacks.client import _POISON_SALT, _flat, _train_copy
-from fedguard.attacks.plan import shared_seed
+from fedguard.attacks.craft import flat_model, train_copy
+from fedguard.attacks.plan import POISON_SALT, shared_seed
 from tests.test_attack_client import CPU, attacker, config, honest_update, round_of
 
 
@@ -109,11 +109,11 @@ def test_backdoor_client_trains_on_poisoned_batches_and_boost_scales_the_update(
     assert not torch.allclose(crafted.update, crafted.honest_update)
     # reproduce: same seeded poisoning, ordinary SGD on a copy
     pid = attacker(cfg)
-    gen = torch.Generator().manual_seed(shared_seed(cfg.seed, 1, _POISON_SALT * 100003 + pid))
+    gen = torch.Generator().manual_seed(shared_seed(cfg.seed, 1, POISON_SALT * 100003 + pid))
     poisoned = [poison_batch(x, y, trigger_from_config(cfg), 7, 0.5, gen)[:2] for x, y in data.batches]
     assert all(int((yp == 7).sum()) >= 16 // 2 for _, yp in poisoned)
-    trained, _ = _train_copy(model, poisoned, cfg, CPU)
-    assert torch.allclose(crafted.update, _flat(trained) - _flat(model), atol=1e-6)
+    trained, _ = train_copy(model, poisoned, cfg, CPU)
+    assert torch.allclose(crafted.update, flat_model(trained) - flat_model(model), atol=1e-6)
     boosted, _, _ = round_of(config("backdoor", *BD, "attack.boost=4"), 1)
     assert boosted.trained is None
     assert torch.allclose(boosted.update, 4 * crafted.update, atol=1e-5)  # mlp: parameters only

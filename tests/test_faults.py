@@ -2,15 +2,12 @@
 rejected (or missing) with its reason, and the ground truth `fault` is in clients.jsonl."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from fedguard import launch
 from fedguard.config import compose
 from fedguard.faults import fault_for, faulty_partitions
-from tests.conftest import REPO
 
 SMALL = ["num_clients=5", "rounds=2", "local_steps=4", "progress=false", "backend.init_args.num_cpus=2"]
 
@@ -35,11 +32,8 @@ def _rows(path):
                                             ("crash", "client error")])
 def test_run_with_faulty_clients_completes_and_records_rejections(tmp_path, kind, category):
     run = tmp_path / kind
-    proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *SMALL, f"faults.kind={kind}",
-                           "faults.rate=0.2", f"hydra.run.dir={run}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=400, env=dict(os.environ))
+    proc, summary = launch.run([*SMALL, f"faults.kind={kind}", "faults.rate=0.2"], run, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["rejected"] == {category: 2}, summary["rejected"]
     rounds = _rows(run / "rounds.jsonl")
     assert all(r["valid_replies"] == 4 and r["faulty"] == 1 and not r["kept_previous_model"] for r in rounds)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
@@ -202,25 +201,34 @@ def test_schedule_threshold():
 
 def test_robust_threshold_flags_planted_outlier_only():
     rng = np.random.default_rng(0)
-    inliers = 0.05 + 0.005 * rng.standard_normal(9)
+    inliers = 0.05 * np.exp(0.1 * rng.standard_normal(9))  # log-normal honest scores
     scores = np.append(inliers, 0.5)
-    history = 0.05 + 0.005 * rng.standard_normal(20)
-    thr = robust_threshold(scores, history, k=3.0)
+    past = [(0.05, list(0.05 * np.exp(0.1 * rng.standard_normal(20))))]
+    thr = robust_threshold(scores, past, k=2.5)
     assert np.all(inliers <= thr) and scores[-1] > thr
     # without history too, and with a minority (3 of 10) of outliers
     scores3 = np.concatenate([inliers[:7], [0.4, 0.5, 0.6]])
-    thr3 = robust_threshold(scores3, (), k=3.0)
+    thr3 = robust_threshold(scores3, (), k=2.5)
     assert np.all(inliers[:7] <= thr3) and np.all(scores3[7:] > thr3)
 
 
-def test_robust_threshold_rule_and_edges():
-    pool = [1.0, 2.0, 3.0, 4.0, 100.0]  # median 3, MAD 1
-    assert robust_threshold(pool[:3], pool[3:], k=2.0) == pytest.approx(3 + 2 * 1.4826)
-    assert robust_threshold([1.0, 2.0], [], min_history=5) == math.inf
-    assert robust_threshold([1.0, 2.0], [], min_history=5, fallback=0.7) == 0.7
-    equal = robust_threshold([0.2] * 6, [], k=3.0, rel_floor=0.01)  # MAD = 0: relative floor
-    assert equal == pytest.approx(0.2 + 3 * 0.002)
-    assert robust_threshold([1.0, 2.0, 3.0, np.nan, np.inf, 4.0, 5.0], []) == pytest.approx(3 + 3 * 1.4826)
+def test_robust_threshold_by_hand():
+    # logs 0, 1, 2, 3, 4 (median 2, MAD 1): exp(2 + 2 * 1.4826)
+    scores = np.exp([0.0, 1.0, 2.0])
+    assert robust_threshold(scores, [], k=2.0) == pytest.approx(np.exp(1 + 2 * 1.4826))
+    # a past round at twice this round's median is rescaled to this round's level:
+    # e^3 and e^4 accepted at median 2 * e^1 count as e^3 / 2 and e^4 / 2
+    past = [(2 * np.exp(1.0), [np.exp(3.0), np.exp(4.0)])]
+    pooled = np.log(np.concatenate([scores, np.exp([3.0, 4.0]) / 2]))
+    med = np.median(pooled)
+    expected = np.exp(med + 2.0 * 1.4826 * np.median(np.abs(pooled - med)))
+    assert robust_threshold(scores, past, k=2.0) == pytest.approx(expected)
+    # rounds with a non-positive median are left out
+    assert robust_threshold(scores, [(0.0, [1e6])], k=2.0) == pytest.approx(np.exp(1 + 2 * 1.4826))
+    # equal scores (MAD 0): the spread floor, e^(k * 0.1) x the median
+    assert robust_threshold(np.full(6, 0.2), [], k=3.0, min_log_spread=0.1) == pytest.approx(0.2 * np.exp(0.3))
+    # an MD of 0 stays finite (clipped at 1e-12 before the log)
+    assert np.isfinite(robust_threshold(np.array([0.0, 0.0, 1.0]), []))
 
 
 def test_batched_scale_correction_matches_scalar_bisection():

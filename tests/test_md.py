@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fedguard.defense.correction import scale_correction
-from fedguard.defense.md import batched_md, md_loop, md_per_sample, model_md, num_exchanged, unflatten_state
+from fedguard.defense.md import batched_md, md_per_sample, unflatten_state
 from fedguard.models import build_model, exchanged_state
 
 
@@ -40,6 +42,30 @@ def trained_bn(seed: int = 0) -> TinyConvBN:
 def candidates(base: torch.Tensor, k: int, scale: float, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return base + scale * torch.randn(k, base.numel(), generator=g)
+
+
+def loaded(template: nn.Module, flat: torch.Tensor) -> nn.Module:
+    """A deep copy of `template` holding the flat vector `flat`, in eval mode."""
+    m = copy.deepcopy(template)
+    m.load_state_dict(unflatten_state(m, flat), strict=False)
+    return m.eval()
+
+
+def md_loop(model: nn.Module, params_hist: torch.Tensor, stacked_params: torch.Tensor,
+            x: torch.Tensor) -> torch.Tensor:
+    """Oracle for `batched_md`: one loaded module copy per candidate and an ordinary forward
+    pass each (no functional_call, no vmap), per-sample MD `[K, N]`."""
+    with torch.no_grad():
+        hist = loaded(model, params_hist)(x)
+        rows = [md_per_sample(hist, loaded(model, flat)(x)) for flat in stacked_params]
+    return torch.stack(rows) if rows else x.new_zeros((0, x.shape[0]))
+
+
+def model_md(model: nn.Module, params_hist: torch.Tensor, params_model: torch.Tensor,
+             x: torch.Tensor) -> torch.Tensor:
+    """Oracle per-sample MD `[N]` of one flat model against flat `params_hist` (`md_loop` of
+    one candidate): the independent measurement tests check a correction against."""
+    return md_loop(model, params_hist, params_model[None], x)[0]
 
 
 MODELS = {"mlp": lambda: (torch.manual_seed(0), build_model("mlp", (1, 8, 8), 10))[1], "conv_bn": trained_bn}
@@ -80,8 +106,9 @@ def test_md_identical_is_zero():
     model = MODELS["conv_bn"]()
     flat = flat_of(model)
     x = torch.randn(5, 1, 8, 8)
-    assert torch.equal(model_md(model, flat, flat, x), torch.zeros(5))
-    assert torch.equal(batched_md(model, flat, flat.expand(3, -1).clone(), x), torch.zeros(3, 5))
+    # candidates go through vmap-ed kernels, the reference through plain ones: zero to rounding
+    torch.testing.assert_close(batched_md(model, flat, flat.expand(3, -1).clone(), x), torch.zeros(3, 5),
+                               rtol=0, atol=1e-6)
 
 
 def test_unflatten_state_shapes_and_length_check():
@@ -92,13 +119,12 @@ def test_unflatten_state_shapes_and_length_check():
     assert "bn.running_mean" in state and "bn.num_batches_tracked" not in state
     for name, ref in exchanged_state(model).items():
         assert torch.equal(state[name], ref)
-    assert num_exchanged(model) == flat.numel()
     with pytest.raises(ValueError):
         unflatten_state(model, flat[:-1])
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_md_matches_separately_loaded_modules(name):
+def test_batched_md_matches_separately_loaded_modules(name):
     template = MODELS[name]()
     base = flat_of(template)
     other = candidates(base, 1, 0.05)[0]
@@ -109,8 +135,8 @@ def test_model_md_matches_separately_loaded_modules(name):
     with torch.no_grad():
         expected = md_per_sample(hist_m.eval()(x), cur_m.eval()(x))
     template.train()
-    got = model_md(template, base, other, x)
-    assert template.training, "model_md must restore the module's mode"
+    got = batched_md(template, base, other[None], x)[0]
+    assert template.training, "batched_md must restore the module's mode"
     assert expected.abs().sum() > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -126,8 +152,6 @@ def test_batched_md_matches_loop(name, chunk_size):
     expected = md_loop(model, base, stacked, x)
     assert got.shape == (5, 8)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
-    # each row also equals the single-candidate form
-    torch.testing.assert_close(got[3], model_md(model, base, stacked[3], x), rtol=1e-4, atol=1e-6)
 
 
 def test_batchnorm_running_stats_are_used():
@@ -140,7 +164,7 @@ def test_batchnorm_running_stats_are_used():
     shifted[offsets[i]:offsets[i + 1]] += 1.0  # change only a buffer
     x = torch.randn(4, 1, 8, 8)
     md = batched_md(model, base, torch.stack([base, shifted]), x)
-    assert md[0].abs().max() == 0 and md[1].min() > 0
+    assert md[0].max() <= 1e-6 and md[1].min() > 1e-3, md  # the global itself: zero to rounding
 
 
 def test_reduced_precision_candidates_are_accepted():

@@ -7,12 +7,12 @@ from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedguard.config import compose
 from fedguard.data.sources import load_splits
-from fedguard.defense.md import model_md
 from fedguard.models import arrays_from_flat, build_model, flat_from_arrays, model_to_arrays
 from fedguard.training import sgd_steps
 from strategies import RoundNotes
 from strategies.factory import build_aggregator
 from strategies.mddsc import MDDSC
+from tests.test_md import model_md  # the per-model oracle
 
 
 @pytest.fixture(autouse=True)
@@ -56,15 +56,18 @@ def setting():
     return data, model, global_arrays, base, honest, bad
 
 
-def make(setting, correction="scale", inner="fedavg", **kw):
+def make(setting, *overrides, inner="fedavg", spill_dir=None):
+    """An MDDSC over `inner` built from `defense=mddsc` with correction scale, lag 0 and the
+    given `defense.*` overrides (e.g. "correction.method=drop")."""
     data, model, global_arrays, base, honest, bad = setting
     notes = RoundNotes()
     # one round against the current global model (lag 0): honest MD is small and spread over
     # a ~6x range here, so the spread floor is raised above the default (tuned on federated
     # runs where the reference lags 5 rounds and honest MD is tight)
-    kw.setdefault("min_log_spread", 0.5)
+    settings = compose(["defense=mddsc", "defense.history.lag=0", "defense.correction.method=scale",
+                        "defense.threshold.min_log_spread=0.5"] + [f"defense.{o}" for o in overrides]).defense
     strategy = MDDSC(build_aggregator(inner, compose(), 9), build_model("mlp", data.input_shape, 10),
-                     data.val.x, data.val.y, lag=0, correction=correction, notes=notes, **kw)
+                     data.val.x, data.val.y, settings, spill_dir=spill_dir, notes=notes)
     strategy.global_arrays = global_arrays
     replies = [reply(i, arrays_from_flat(base + u, global_arrays)) for i, u in enumerate(honest)]
     replies.append(reply(99, arrays_from_flat(base + bad, global_arrays)))
@@ -102,7 +105,7 @@ def test_scale_alpha_is_the_largest_under_threshold(setting):
 
 def test_drop_removes_the_update_from_aggregation(setting):
     data, model, global_arrays, base, honest, bad = setting
-    strategy, notes, replies = make(setting, correction="drop")
+    strategy, notes, replies = make(setting, "correction.method=drop")
     arrays, _ = strategy.aggregate_train(1, replies)
     expected = base + torch.stack(honest).mean(0)
     assert torch.allclose(flat_from_arrays(arrays), expected, atol=1e-5)
@@ -110,7 +113,7 @@ def test_drop_removes_the_update_from_aggregation(setting):
 
 
 def test_pgd_correction_gets_under_threshold(setting):
-    strategy, notes, replies = make(setting, correction="pgd", pgd_steps=5)
+    strategy, notes, replies = make(setting, "correction.method=pgd", "correction.pgd_steps=5")
     strategy.aggregate_train(1, replies)
     assert notes.clients[99]["correction"].startswith("pgd:")
 
@@ -124,7 +127,7 @@ def test_no_attack_no_flags(setting):
 
 
 def test_schedule_threshold_is_the_papers(setting):
-    strategy, notes, replies = make(setting, threshold_rule="schedule", tau0=0.5, slope=0.02)
+    strategy, notes, replies = make(setting, "threshold.rule=schedule", "threshold.tau0=0.5", "threshold.slope=0.02")
     strategy.aggregate_train(3, replies)
     assert notes.clients[0]["threshold"] == pytest.approx(0.56)
 
@@ -132,11 +135,11 @@ def test_schedule_threshold_is_the_papers(setting):
 def test_chunked_scoring_matches_all_at_once(setting):
     data, model, global_arrays, base, honest, bad = setting
     results = {}
-    for chunk in (None, 2):
-        strategy, notes, replies = make(setting, score_chunk=chunk)
+    for chunk in ("null", 2):
+        strategy, notes, replies = make(setting, f"score_chunk={chunk}")
         strategy.aggregate_train(1, replies)
         results[chunk] = notes
-    full, chunked = results[None], results[2]
+    full, chunked = results["null"], results[2]
     for node in full.clients:
         assert chunked.clients[node]["md"] == pytest.approx(full.clients[node]["md"], rel=1e-5, abs=1e-8)
         assert chunked.clients[node]["flagged"] == full.clients[node]["flagged"]
@@ -157,8 +160,8 @@ def test_chunked_scoring_matches_all_at_once(setting):
 def test_spilled_history_scores_like_in_memory(setting, tmp_path):
     notes_of = {}
     for spill in (False, True):
-        strategy, notes, replies = make(setting, history_spill=spill,
-                                        history_spill_dir=str(tmp_path / "h") if spill else None)
+        strategy, notes, replies = make(setting, f"history.spill={str(spill).lower()}",
+                                        spill_dir=str(tmp_path / "h") if spill else None)
         strategy.aggregate_train(1, replies)
         notes_of[spill] = notes
         assert strategy.history.rounds == [0, 1]

@@ -1,5 +1,6 @@
-"""Omniscient attacks (strategies/omniscient.py): ALIE and IPM crafted from the honest updates,
-written over the malicious replies only, in the plan's attacking rounds, before the defense."""
+"""Omniscient attacks (the math in fedguard/attacks/omniscient.py, the adapter in
+strategies/omniscient.py): ALIE and IPM crafted from the honest updates, written over the
+malicious replies only, in the plan's attacking rounds, before the defense."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedguard.attacks.omniscient import alie_update, alie_z, ipm_update
 from fedguard.attacks.plan import AttackPlan, malicious_ids
 from fedguard.config import compose
 from strategies import ReplyValidator, RoundNotes
 from strategies.factory import build_strategy
-from strategies.omniscient import OmniscientAttack, alie_update, alie_z, ipm_update
+from strategies.omniscient import OmniscientAttack
 from tests.test_reply_validation import Spy, as_reply, content, flat, model_arrays
 
 GLOBAL = np.linspace(-1, 1, 16).astype(np.float32)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from fedguard import launch
 from tests.test_simulation import fedguard, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -97,21 +97,20 @@ def test_losing_a_worker_node_mid_run_finishes_and_accounts_for_every_client(tmp
         cluster.wait_for_nodes()
         run = tmp_path / "run"
         rounds, clients = 8, 4
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedguard.cli", "run", f"num_clients={clients}", f"rounds={rounds}",
-             "local_steps=40", "progress=false", "checkpoint_every=0", "backend.round_timeout=60",
-             f"backend.init_args.address={cluster.address}", f"hydra.run.dir={run}"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        rows = run / "rounds.jsonl"
-        while not (rows.is_file() and len(read_jsonl(rows)) >= 2):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the run did not reach round 2"
-            time.sleep(0.2)
-        removed_at = len(read_jsonl(rows))
-        cluster.remove_node(workers[1])
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr[-3000:]
+        rows, removed = run / "rounds.jsonl", []
+
+        def remove_a_worker_after_round_2(job: launch.Launch) -> None:
+            if not removed and rows.is_file() and len(read_jsonl(rows)) >= 2:
+                removed.append(len(read_jsonl(rows)))
+                cluster.remove_node(workers[1])
+
+        proc, _ = launch.run([f"num_clients={clients}", f"rounds={rounds}", "local_steps=40", "progress=false",
+                              "checkpoint_every=0", "backend.round_timeout=60",
+                              f"backend.init_args.address={cluster.address}"], run,
+                             timeout=900, poll=remove_a_worker_after_round_2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert removed, "the run finished before round 2 was recorded"
+        removed_at = removed[0]
         assert removed_at < rounds, "the run finished before the node was removed"
 
         summary = json.loads((run / "summary.json").read_text())
@@ -138,14 +137,16 @@ def test_concurrent_multiruns_share_the_machine_within_their_caps(tmp_path):
     own Ray instance of exactly that size and a single client actor (the pitfall: each job
     building an actor pool over all the machine's cores)."""
     sweeps = [tmp_path / "a", tmp_path / "b"]
-    procs = [subprocess.Popen([sys.executable, "-m", "fedguard.cli", "run", "-m", seeds, "num_clients=2", "rounds=2",
-                               "local_steps=3", "progress=false", "backend.init_args.num_cpus=1",
-                               f"hydra.sweep.dir={sweep}"],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for seeds, sweep in zip(("seed=0,1", "seed=2,3"), sweeps)]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr[-3000:]
+    runs = [launch.Launch(["-m", seeds, "num_clients=2", "rounds=2", "local_steps=3", "progress=false",
+                           "backend.init_args.num_cpus=1", f"hydra.sweep.dir={sweep}"])
+            for seeds, sweep in zip(("seed=0,1", "seed=2,3"), sweeps)]
+    try:
+        for job in runs:
+            proc, _ = job.wait(timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        for job in runs:
+            job.stop()
     jobs = sorted(p.parent for sweep in sweeps for p in sweep.glob("*/summary.json"))
     assert len(jobs) == 4
     for job in jobs:

@@ -2,10 +2,7 @@
 `fedguard run` subprocess resumed to the same records and final model."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,14 +11,13 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedguard import checkpoint
+from fedguard import checkpoint, launch
 from fedguard.config import compose, flatten, resume_config
 from fedguard.data.sources import load_splits
 from fedguard.models import build_model, flat_from_arrays, model_to_arrays
 from fedguard.recorder import Recorder, truncate_jsonl
 from strategies import RoundNotes
 from strategies.factory import build_aggregator, build_strategy
-from tests.conftest import REPO
 
 
 # ------------------------------------------------------------------------- unit pieces
@@ -115,74 +111,34 @@ RUN = ["num_clients=5", "fraction_train=0.6", "rounds=4", "local_steps=4", "prog
        "backend.init_args.num_cpus=2", "defense=mddsc", "attack=sign_flip", "num_malicious=1"]
 
 
-def _cli(*args):
-    return [sys.executable, "-m", "fedguard.cli", *args]
-
-
 def _rows(path: Path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def _session_pids(sid: int) -> list[int]:
-    """Processes of session `sid` (the killed run and what it spawned: Ray's processes)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # after the command: state ppid pgrp session
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _kill_session(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        os.killpg(pid, signal.SIGKILL)  # start_new_session: the run's process group id is its pid
-    except ProcessLookupError:
-        pass
-    for other in _session_pids(pid):
-        try:
-            os.kill(other, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(_cli("run", *RUN, f"hydra.run.dir={full}"), cwd=REPO, capture_output=True, text=True,
-                          timeout=400, env=env)
+    env = {"PYTHONUNBUFFERED": "1"}
+    proc, _ = launch.run(RUN, full, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    run = subprocess.Popen(_cli("run", *RUN, f"hydra.run.dir={killed}"), cwd=REPO, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    with launch.Launch(RUN, killed, env=env) as run:  # its own session: the run and its Ray processes
         deadline = time.time() + 300
-        while time.time() < deadline and len(_rows(killed / "rounds.jsonl")) < 2 and run.poll() is None:
+        while time.time() < deadline and len(_rows(killed / "rounds.jsonl")) < 2 and run.running():
             time.sleep(0.05)
-        assert run.poll() is None, "the run ended before it could be killed"
+        assert run.running(), "the run ended before it could be killed"
         assert len(_rows(killed / "rounds.jsonl")) >= 2
-    finally:
-        _kill_session(run.pid)
-        run.wait(timeout=60)
-    assert run.returncode == -signal.SIGKILL
+        run.stop(signal.SIGKILL)  # SIGKILL to its process group, then to what is left of its session
+    assert run.proc.returncode == -signal.SIGKILL
     written = [r["round"] for r in _rows(killed / "rounds.jsonl")]
     assert not (killed / "summary.json").exists() and written[-1] < 4, written
     deadline = time.time() + 20  # Ray's processes may take a moment to go
-    while _session_pids(run.pid) and time.time() < deadline:
-        _kill_session(run.pid)
+    while launch.session_pids(run.pid) and time.time() < deadline:
         time.sleep(0.5)
-    assert not _session_pids(run.pid), "processes of the killed run survive"
+    assert not launch.session_pids(run.pid), "processes of the killed run survive"
 
     # other overrides are ignored: the saved config wins
-    proc = subprocess.run(_cli("run", f"resume={killed}", "rounds=99", "seed=5"), cwd=REPO, capture_output=True,
-                          text=True, timeout=400, env=env)
+    proc, _ = launch.run([f"resume={killed}", "rounds=99", "seed=5"], timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = _rows(full / "rounds.jsonl"), _rows(killed / "rounds.jsonl")

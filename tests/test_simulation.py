@@ -3,13 +3,16 @@
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 import torch
 
-from fedguard import checkpoint
+from fedguard import checkpoint, launch
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -17,13 +20,30 @@ SMALL = ["num_clients=4", "rounds=3", "local_steps=5", "progress=false",
          "backend.init_args.num_cpus=2"]
 
 
-def fedguard(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "fedguard.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+def fedguard(command, *args, timeout=300, env=None):
+    """`fedguard COMMAND ARGS` through the shared launcher (`fedguard.launch`: its own process
+    group, stopped on timeout): the completed process."""
+    proc, _ = launch.run(args, timeout=timeout, env=env, command=command)
+    return proc
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(port: int) -> bool:
+    """The SuperLink's runtime HTTP API on `port` answers /health."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def test_run_writes_the_run_directory_contract(tmp_path):
@@ -78,19 +98,34 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 
 def test_flwr_run_runs_the_same_apps(tmp_path):
-    """Flower's own launcher: local SuperLink, same ServerApp/ClientApp, same run files."""
+    """Flower's own launcher: local SuperLink, same ServerApp/ClientApp, same run files.
+
+    The test starts that SuperLink itself (the command `flwr run` would run, on free ports
+    that `flwr run` is pointed at), so it can stop exactly that one, by its pid."""
     run = tmp_path / "flwr_run"
+    http_port, control_port = free_port(), free_port()
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home"),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # use this environment, no uv sync
-    flwr = os.path.join(os.path.dirname(sys.executable), "flwr")
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # use this environment, no uv sync
+           "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port), "FLWR_LOCAL_CONTROL_API_PORT": str(control_port)}
+    bin_dir = os.path.dirname(sys.executable)
+    superlink = subprocess.Popen(
+        [os.path.join(bin_dir, "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+         "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1", "--port", str(http_port),
+         "--log-file", str(tmp_path / "superlink.log")],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        proc = subprocess.run([flwr, "run", ".", "--stream", "-c",
+        deadline = time.monotonic() + 60
+        while not healthy(http_port):  # what `flwr run` probes before starting a SuperLink of its own
+            assert superlink.poll() is None, (tmp_path / "superlink.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the SuperLink did not come up"
+            time.sleep(0.5)
+        proc = subprocess.run([os.path.join(bin_dir, "flwr"), "run", ".", "--stream", "-c",
                                f"rounds=2 num_clients=4 progress=false run_dir='{run}'",
                                "--federation-config", "num-supernodes=4"],
                               cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     finally:
-        subprocess.run(["pkill", "-f", f"flower-superlink.*{tmp_path}"], check=False)
-        subprocess.run(["pkill", "-f", "flower-superlink"], check=False)
+        launch.stop_session(superlink)  # its process group and session: the SuperLink and its runs
     assert (run / "summary.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     rounds = read_jsonl(run / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2]

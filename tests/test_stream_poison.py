@@ -1,4 +1,4 @@
-"""Poisons injected into the honest clients' streams (fedguard/stream_poison.py), their ASR,
+"""Poisons injected into the honest clients' streams (fedguard/attacks/stream_poison.py), their ASR,
 config validation and the recorder's sample-level sanitiser metrics."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedguard.attacks.backdoor import blend_pattern, round_asr
-from fedguard.attacks.client import malicious_set
+from fedguard.attacks.backdoor import blend_pattern
+from fedguard.attacks.label_flip import flip_label
+from fedguard.attacks.plan import malicious_set
+from fedguard.attacks.stream_poison import poison_stream_batch, poisoned_count, poisoned_subset
 from fedguard.config import ConfigError, compose, validate
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
+from fedguard.evaluation import round_asr
 from fedguard.recorder import Recorder
-from fedguard.stream_poison import poison_stream_batch, poisoned_count, poisoned_subset
 
 SMALL = ["num_clients=4"]
 
@@ -88,7 +90,7 @@ def test_blend_blends_the_seeded_pattern_into_the_poisoned_samples_only():
     assert (yp[mask] == 0).all()
 
 
-def test_label_flip_flips_9_minus_y_and_y_plus_1_for_other_class_counts():
+def test_label_flip_flips_c_minus_1_minus_y_as_the_label_flip_attack():
     cfg, data, part = setup("stream_poison=label_flip", "stream_poison.rate=0.5")
     idx = part[:64]
     x, y = draw(data, idx)
@@ -96,7 +98,8 @@ def test_label_flip_flips_9_minus_y_and_y_plus_1_for_other_class_counts():
     assert torch.equal(xp, x)  # images untouched
     assert torch.equal(yp[mask], 9 - y[mask]) and torch.equal(yp[~mask], y[~mask])
     _, y5, mask5 = poison_stream_batch(cfg, 0, idx, x, y % 5, partition=part, num_classes=5)
-    assert torch.equal(mask5, mask) and torch.equal(y5[mask], (y[mask] % 5 + 1) % 5)
+    assert torch.equal(mask5, mask) and torch.equal(y5[mask], 4 - y[mask] % 5)
+    assert torch.equal(yp[mask], flip_label(y[mask], 10))  # the rule of attack=label_flip
 
 
 def test_no_poison_without_stream_poison_or_on_malicious_partitions():
@@ -179,18 +182,13 @@ def test_recorder_drops_sanitizer_fields_in_runs_without_them(tmp_path):
 
 @pytest.mark.slow
 def test_badnets_stream_with_dsc_records_asr_and_sanitizer_metrics(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    from fedguard import launch
 
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedguard.cli", "run", "num_clients=4", "rounds=3", "local_steps=5", "progress=false",
-         "backend.init_args.num_cpus=2", "stream_poison=badnets", "stream_poison.rate=0.1", "sanitizer=dsc",
-         f"hydra.run.dir={run}"], cwd=REPO, capture_output=True, text=True, timeout=400)
+    proc, summary = launch.run(["num_clients=4", "rounds=3", "local_steps=5", "progress=false",
+                                "backend.init_args.num_cpus=2", "stream_poison=badnets", "stream_poison.rate=0.1",
+                                "sanitizer=dsc"], run, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
     san = summary["sanitizer"]
     assert isinstance(san, dict) and {"precision", "recall", "flagged"} <= set(san)
     # 4 honest clients x 3 rounds x 5 batches x 32 samples, 10% of each partition poisoned

@@ -1,8 +1,10 @@
-"""Backdoor triggers (BadNets patch, blend), batch poisoning and the attack success rate.
+"""Backdoor triggers (BadNets patch, blend), batch poisoning, the attack success rate, and
+the backdoor attack of a malicious client.
 
-Pure functions on tensors, reusable for client-side backdoors (`attack=backdoor`) and for
-poisons injected into streams. Inputs are either images (N, C, H, W) with pixels in [0, 1]
-or feature vectors (N, F):
+The triggers are pure functions on tensors, reused by the client-side backdoor
+(`attack=backdoor`), by the stream poisons (`attacks.stream_poison`) and by the server's
+evaluation (`fedguard.evaluation.round_asr`). Inputs are either images (N, C, H, W) with
+pixels in [0, 1] or feature vectors (N, F):
 
 - patch (BadNets, Gu et al. 2017): a `size` x `size` square of value `value` (white = 1) in
   the bottom-right corner of every channel; on vectors, the last `size` features set to
@@ -13,6 +15,11 @@ or feature vectors (N, F):
 
 `poison_batch` stamps and relabels a seeded `fraction` of a batch; `attack_success_rate` is
 the fraction of triggered non-target test samples the model classifies as the target.
+
+`attack=backdoor`: the client trains on its stream batches with a seeded `poison_fraction` of
+each batch stamped with the trigger (`trigger_from_config`: BadNets patch or blend) and
+relabelled `target_label`; with `boost` != 1 (model replacement, Bagdasaryan et al. 2020) it
+replies global + boost * (trained - global) on parameters (BatchNorm statistics: the trained ones).
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from fedguard.attacks.craft import AttackRound, Crafted, flat_model
+from fedguard.attacks.plan import POISON_SALT, shared_seed
+from fedguard.attacks.registries import ATTACKS
 
 TRIGGER_TYPES = ("patch", "blend")
 _PATTERN_SALT = 0x626C656E64  # "blend"
@@ -127,22 +138,16 @@ def attack_success_rate(model: nn.Module, x, y, target: int, trigger, device: to
     return hits / len(x)
 
 
-def round_asr(cfg, model: nn.Module, test, device: torch.device | None = None) -> dict[str, float | None]:
-    """The rounds.jsonl attack success rates of the global `model` on the triggered test split.
-
-    `asr`: the run's backdoor, i.e. `attack=backdoor`'s trigger and target, else a badnets/blend
-    `stream_poison`'s (poisons in the honest clients' streams). With both, the stream poison's
-    goes to `stream_asr`. `{}` when the run has no backdoor.
-    """
-    from fedguard.stream_poison import stream_trigger  # local: that module imports this one
-
-    out: dict[str, float | None] = {}
-    if cfg.attack.name == "backdoor":
-        out["asr"] = attack_success_rate(model, test.x, test.y, int(cfg.attack.target_label),
-                                         trigger_from_config(cfg), device)
-    sp = getattr(cfg, "stream_poison", None)
-    trigger = stream_trigger(cfg) if sp is not None else None
-    if trigger is not None and sp.rate > 0:
-        out["stream_asr" if out else "asr"] = attack_success_rate(
-            model, test.x, test.y, int(sp.target_label), trigger, device)
-    return out
+@ATTACKS.register("backdoor", "trains on batches partly stamped with a trigger and relabelled target_label "
+                              "(boost: model replacement)")
+def backdoor(r: AttackRound) -> Crafted:
+    a = r.cfg.attack
+    gen = torch.Generator().manual_seed(shared_seed(r.cfg.seed, r.server_round, POISON_SALT * 100003 + r.partition_id))
+    trigger = trigger_from_config(r.cfg)
+    poisoned = [poison_batch(x, y, trigger, int(a.target_label), float(a.poison_fraction), gen)[:2]
+                for x, y in r.data.batches]
+    trained, loss = r.train_copy(poisoned)
+    update = flat_model(trained) - r.global_flat
+    if a.boost == 1.0:
+        return r.done(update, loss, trained)
+    return r.done(torch.where(r.mask, a.boost * update, update), loss)

@@ -107,11 +107,6 @@ def param_grads(model: nn.Module, params: Params, x: Tensor, y: Tensor,
                                allow_unused=True, materialize_grads=True)
 
 
-def flat_grad(model: nn.Module, params: Params, x: Tensor, y: Tensor, create_graph: bool = False) -> Tensor:
-    """`param_grads` as one flat vector."""
-    return flatten(param_grads(model, params, x, y, create_graph))
-
-
 def _norm(t: Tensor) -> Tensor:
     return torch.sqrt((t * t).sum() + _TINY)
 

@@ -1,4 +1,5 @@
-"""The attack schedule by round, the malicious client ids, and seeds shared by colluders.
+"""The attack schedule by round and the ground truth: who is malicious, which phase a round
+is in, and the seeds colluders share.
 
 Rounds are Flower's server rounds, numbered from 1. For trigger round T and
 `accumulate_rounds` = A the phases of a malicious client are::
@@ -9,6 +10,13 @@ Rounds are Flower's server rounds, numbered from 1. For trigger round T and
     T+1 ..       after       (honest again if `honest_after`, else the caller keeps attacking)
 
 Honest clients are "clean" in every round; that label is the caller's, not the plan's.
+
+`attack_plan`, `malicious_set` and `round_phase` read these from the run config; the server,
+the recorder, the stream poisons and every malicious client use them, so all agree on who
+attacks when. Nothing here touches Flower.
+
+The salts of `shared_seed` are kept here, one per independent draw of the attacks, so no two
+draws share a seed by accident: a new draw takes a new salt.
 """
 
 from __future__ import annotations
@@ -17,7 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedguard.attacks.registries import ATTACKS
+
 PHASES = ("burn_in", "accumulate", "trigger", "after")
+# shared_seed salts: the held-out batch, the trigger batch, gaussian noise, backdoor poisoning
+VAL_SALT, TRIGGER_SALT, NOISE_SALT, POISON_SALT = 1, 2, 3, 4
+
+ATTACKS.add("none", None, "no attacker: every client is honest (`attack_plan` is None, `malicious_set` empty)")
 
 
 @dataclass
@@ -90,3 +104,34 @@ def shared_seed(seed: int, server_round: int, salt: int = 0) -> int:
     """
     state = np.random.SeedSequence([int(seed), int(server_round), int(salt), 0x616363]).generate_state(1)
     return int(state[0] & 0x7FFFFFFF)
+
+
+# ---------------------------------------------------------------------- from the run config
+
+def attack_plan(cfg) -> AttackPlan | None:
+    """The schedule of `cfg.attack`, or None without an attack."""
+    a = cfg.attack
+    if a.name == "none":
+        return None
+    return AttackPlan(burn_in=a.burn_in, accumulate_rounds=a.accumulate_rounds,
+                      trigger_round=a.trigger_round, honest_after=a.honest_after)
+
+
+def malicious_set(cfg) -> set[int]:
+    """Partition ids of the malicious clients (empty without an attack: nobody misbehaves)."""
+    if cfg.attack.name == "none":
+        return set()
+    return set(malicious_ids(cfg.num_clients, cfg.num_malicious, cfg.seed))
+
+
+def round_phase(cfg, server_round: int) -> str:
+    """The phase of `server_round` for the records: "clean" without an attack; the plan's
+    burn_in/accumulate/trigger/after for the accumulative attack; for the other attacks, which
+    have no trigger, "attack" in the rounds they attack (so no trigger drop is reported)."""
+    plan = attack_plan(cfg)
+    if plan is None:
+        return "clean"
+    phase = plan.phase(server_round)
+    if cfg.attack.name == "accumulative" or phase == "burn_in":
+        return phase
+    return "attack" if plan.attacking(server_round) else "after"

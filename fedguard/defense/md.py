@@ -10,8 +10,6 @@ parameters and buffers, e.g. BatchNorm running statistics). Models are evaluated
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -68,16 +66,6 @@ def _logits(model: nn.Module, flat: Tensor, x: Tensor) -> Tensor:
     return functional_call(model, unflatten_state(model, flat), (x,))
 
 
-def model_md(model: nn.Module, params_hist: Tensor, params_model: Tensor, x: Tensor) -> Tensor:
-    """Per-sample MD `[N]` of `model` under flat `params_model` against flat `params_hist`.
-
-    `model` is only a template (architecture, non-floating buffers): its own weights are not
-    used and it is left in the train/eval mode it had.
-    """
-    with torch.no_grad(), _eval_mode(model):
-        return md_per_sample(_logits(model, params_hist, x), _logits(model, params_model, x))
-
-
 def reference_logits(model: nn.Module, params_hist: Tensor, x: Tensor) -> Tensor:
     """Logits `[N, C]` of the historical model on `x` (eval mode, no autograd): computed once
     and shared by every `md_against` call that scores candidates against that model on `x`."""
@@ -106,22 +94,3 @@ def batched_md(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x:
     """Per-sample MD `[K, N]` of K candidates against flat `params_hist` (`[P]`): the
     historical logits once, then `md_against`."""
     return md_against(model, reference_logits(model, params_hist, x), stacked_params, x, chunk_size)
-
-
-def md_loop(model: nn.Module, params_hist: Tensor, stacked_params: Tensor, x: Tensor) -> Tensor:
-    """Reference form of `batched_md` for tests: one loaded module copy per candidate."""
-
-    def loaded(flat: Tensor) -> nn.Module:
-        m = copy.deepcopy(model)
-        m.load_state_dict(unflatten_state(m, flat), strict=False)
-        return m.eval()
-
-    with torch.no_grad():
-        hist = loaded(params_hist)(x)
-        rows = [md_per_sample(hist, loaded(flat)(x)) for flat in stacked_params]
-    return torch.stack(rows) if rows else x.new_zeros((0, x.shape[0]))
-
-
-def num_exchanged(model: nn.Module) -> int:
-    """Length of the flat vector of `model` (parameters plus floating buffers)."""
-    return sum(math.prod(v.shape) for v in exchanged_state(model).values())

@@ -10,8 +10,11 @@ share `rate` of each honest client's partition is poisoned:
 - how: computed on the fly when the sample is drawn (the pool is never modified):
   `badnets` stamps the BadNets patch (`attacks.backdoor.patch_trigger`) and relabels to
   `target_label`; `blend` blends the seeded pattern (`attacks.backdoor.blend_trigger`, the
-  pattern of the run seed) and relabels to `target_label`; `label_flip` relabels y -> 9 - y
-  (y -> (y + 1) % C when the dataset does not have C = 10 classes).
+  pattern of the run seed) and relabels to `target_label`; `label_flip` relabels
+  y -> C - 1 - y (`attacks.label_flip.flip_label`, the rule of `attack=label_flip`). For
+  C = 10 classes that is the former 9 - y; with other class counts it replaced the former
+  y -> (y + 1) % C, so a label_flip stream poison on a dataset of C != 10 classes poisons
+  differently from before the rules were merged.
 - malicious clients' partitions (`attack` != none) are never stream-poisoned: they run their
   own attack.
 
@@ -27,9 +30,16 @@ import torch
 from torch import Tensor
 
 from fedguard.attacks.backdoor import Trigger
-from fedguard.config import STREAM_POISONS
+from fedguard.attacks.label_flip import flip_label
+from fedguard.attacks.plan import malicious_set
+from fedguard.attacks.registries import STREAM_POISONS
+from fedguard.data.partition import partition_from_config
+from fedguard.data.sources import splits_from_config
+
 BACKDOOR_POISONS = ("badnets", "blend")  # those with a trigger (and an attack success rate)
 _SUBSET_SALT = 0x73747265616D  # "stream"
+
+STREAM_POISONS.add("none", None, "no poison in the honest clients' streams")
 
 
 def poisoned_count(n: int, rate: float) -> int:
@@ -56,9 +66,24 @@ def stream_trigger(cfg) -> Trigger | None:
     return None
 
 
-def flip_labels(y: Tensor, num_classes: int) -> Tensor:
-    """label_flip: 9 - y for 10 classes, (y + 1) % C otherwise."""
-    return 9 - y if num_classes == 10 else (y + 1) % num_classes
+# A registered stream poison is `poison(cfg, x, y, num_classes) -> (x', y')`: the poisoned
+# versions of the samples (x, y) of the poisoned subset (inputs not modified).
+
+def trigger_poison(cfg, x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """badnets/blend: the samples stamped with `stream_trigger(cfg)`, relabelled `target_label`."""
+    return stream_trigger(cfg)(x), torch.full_like(y, int(cfg.stream_poison.target_label))
+
+
+STREAM_POISONS.add("badnets", trigger_poison, "a share of each honest stream stamped with the BadNets patch, "
+                                              "relabelled target_label")
+STREAM_POISONS.add("blend", trigger_poison, "a share of each honest stream blended with a seeded pattern, "
+                                            "relabelled target_label")
+
+
+@STREAM_POISONS.register("label_flip", "a share of each honest stream relabelled y -> num_classes - 1 - y")
+def label_flip_poison(cfg, x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """label_flip: the samples as they are, relabelled `flip_label(y, num_classes)`."""
+    return x, flip_label(y, num_classes)
 
 
 def poison_stream_batch(cfg, partition_id: int, indices, x: Tensor, y: Tensor, *,
@@ -75,16 +100,10 @@ def poison_stream_batch(cfg, partition_id: int, indices, x: Tensor, y: Tensor, *
     mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     if sp.name == "none" or sp.rate <= 0:
         return x, y, mask
-    if sp.name not in STREAM_POISONS:
-        raise ValueError(f"unknown stream poison {sp.name!r}; allowed: {', '.join(STREAM_POISONS)}")
-    from fedguard.attacks.client import malicious_set  # local: keeps this module light
-
+    poison = STREAM_POISONS.get(sp.name)  # an unknown name raises ValueError
     if int(partition_id) in malicious_set(cfg):
         return x, y, mask
     if partition is None or num_classes is None:
-        from fedguard.data.partition import partition_from_config
-        from fedguard.data.sources import splits_from_config
-
         data = splits_from_config(cfg)
         partition = partition_from_config(cfg, data.pool.y, partition_id) if partition is None else partition
         num_classes = data.num_classes if num_classes is None else num_classes
@@ -94,9 +113,5 @@ def poison_stream_batch(cfg, partition_id: int, indices, x: Tensor, y: Tensor, *
         return x, y, mask
     mask = torch.from_numpy(hit).to(y.device)
     x_out, y_out = x.clone(), y.clone()
-    if sp.name in BACKDOOR_POISONS:
-        x_out[mask] = stream_trigger(cfg)(x[mask])
-        y_out[mask] = int(sp.target_label)
-    else:  # label_flip
-        y_out[mask] = flip_labels(y[mask], int(num_classes))
+    x_out[mask], y_out[mask] = poison(cfg, x[mask], y[mask], int(num_classes))
     return x_out, y_out, mask
