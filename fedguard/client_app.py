@@ -40,6 +40,7 @@ from fedguard.models import arrays_to_model, build_model, model_to_arrays
 from fedguard.protocol import (
     ARRAYS,
     DEVICE,
+    IDENTITY,
     INFO,
     METRICS,
     NUM_EXAMPLES,
@@ -166,5 +167,5 @@ def query(msg: Message, context: Context) -> Message:
     data = splits_from_config(cfg)
     partition_from_config(cfg, data.pool.y, partition_id)
     _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
-    content = RecordDict({"identity": MetricRecord({PARTITION: partition_id})})
+    content = RecordDict({IDENTITY: MetricRecord({PARTITION: partition_id})})
     return Message(content=content, reply_to=msg)

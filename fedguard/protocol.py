@@ -14,6 +14,7 @@ from __future__ import annotations
 
 # --- records of a message
 ARRAYS, METRICS, INFO = "arrays", "metrics", "info"
+IDENTITY = "identity"  # MetricRecord of a handshake (query) reply: `PARTITION`
 
 # --- train ConfigRecord keys
 SERVER_ROUND = "server-round"  # set by Flower's configure_train
