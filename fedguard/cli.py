@@ -30,9 +30,15 @@ def _hydra_run() -> None:
         OmegaConf.set_struct(cfg, False)
         if not cfg.resume:
             cfg.run_dir = HydraConfig.get().runtime.output_dir
+        from fedguard.interrupt import EXIT_CODE, RunInterrupted
         from fedguard.simulation import run_simulation
 
-        run_simulation(cfg)
+        try:
+            run_simulation(cfg)
+        except RunInterrupted as stop:
+            print(f"interrupted: rounds 1-{stop.completed} of {cfg.rounds} are recorded and checkpointed in "
+                  f"{cfg.run_dir}; continue with: fedguard run resume={cfg.run_dir}", file=sys.stderr)
+            raise SystemExit(EXIT_CODE) from None
         summary = Path(cfg.run_dir) / "summary.json"
         import json
 
@@ -44,6 +50,24 @@ def _hydra_run() -> None:
     task()
 
 
+RUN_RECORDS = ("rounds.jsonl", "summary.json", "checkpoint.pt")  # a directory holding one of these holds a run
+
+
+def refuse_reused_run_dir(overrides: list[str]) -> None:
+    """Exit 2 when `hydra.run.dir=` names a directory that already holds a run (and the run
+    does not `resume=` it): Hydra would rewrite its saved config and the run append to its
+    records. Checked before Hydra starts, so nothing there is touched."""
+    run_dirs = [a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")]
+    if not run_dirs or any(a.startswith("resume=") and a != "resume=" for a in overrides):
+        return
+    run_dir = Path(run_dirs[-1])
+    held = [name for name in RUN_RECORDS if (run_dir / name).exists()]
+    if held:
+        print(f"hydra.run.dir={run_dir} already holds a run ({', '.join(held)}); continue it with "
+              f"`fedguard run resume={run_dir}`, or choose another hydra.run.dir", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = "usage: fedguard run [hydra overrides...] | fedguard report RUN_DIR [RUN_DIR ...]"
@@ -52,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
     if command == "run":
+        refuse_reused_run_dir(rest)
         resume = [a.split("=", 1)[1] for a in rest if a.startswith("resume=")]
         if resume and resume[-1] and not any(a.startswith("hydra.run.dir=") for a in rest):
             # Hydra's output dir of a resumption is the run it continues; no new .hydra/ there

@@ -24,6 +24,7 @@ the checkpoint saves and a resumed run sends back with each client's next train 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
+from fedguard import interrupt
 from fedguard.protocol import IDENTITY, INFO, PARTITION, RESUME_STATE, STATE
 
 STARTUP_TIMEOUT_S = 300.0  # the handshake's timeout floor (a short round_timeout must not fail start-up)
@@ -110,6 +112,24 @@ def reported_state(msg: Message) -> str | None:
     return value if ok else None
 
 
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float, completed: int) -> list[Message]:
+    """Flower's `Grid.send_and_receive` (push, then pull until every reply is in or `timeout`
+    s have passed), which also stops on Ctrl-C (`interrupt.check`; `completed` is the last
+    recorded round, for the message)."""
+    pending = set(grid.push_messages(messages))
+    end = time.time() + timeout
+    replies: list[Message] = []
+    while time.time() < end:
+        interrupt.check(completed)
+        pulled = list(grid.pull_messages(pending))
+        replies.extend(pulled)
+        pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+        if not pending:
+            break
+        time.sleep(getattr(grid, "pull_interval", 0.1))
+    return replies
+
+
 @dataclass
 class Exchange:
     """One round's exchange: who was sampled, where they trained, what came back."""
@@ -160,7 +180,7 @@ class Federation:
         messages = list(strategy.configure_train(server_round, arrays, config, view))
         if self.carry_states:
             messages = with_client_states(messages, partition_of, self.client_states, self.virtual)
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = send_and_receive(grid, messages, timeout, completed=server_round - 1)
         replies.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
         for msg in replies:
             state = reported_state(msg)

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 from torch import nn
 
-from fedguard import checkpoint
+from fedguard import checkpoint, interrupt
 from fedguard.app_config import config_from_context
 from fedguard.attacks.plan import attack_plan, malicious_set, round_phase
 from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
@@ -238,10 +238,12 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     run = start(grid, cfg)
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
         for rnd in range(run.first_round, cfg.rounds + 1):
+            interrupt.check(rnd - 1)  # Ctrl-C: stop between rounds, never inside one
             run.notes.reset()
             exch = timed(run, "train_s", exchange, run, grid, rnd)
             updated = timed(run, "aggregate_s", aggregate, run, rnd, exch)
             metrics = timed(run, "evaluate_s", evaluate_round, run, rnd)
+            interrupt.check(rnd - 1)  # nothing of an interrupted round is written
             record(run, rnd, exch, not updated, metrics)
             save_checkpoint(run, rnd)
             progress.advance(rnd, metrics["accuracy"])

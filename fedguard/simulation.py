@@ -17,6 +17,7 @@ from flwr.app import Context, RecordDict
 from omegaconf import DictConfig
 
 from fedguard.config import flatten, flwr_app_config_toml
+from fedguard.interrupt import stop_on_sigint
 
 
 def backend_config(cfg: DictConfig) -> dict:
@@ -44,6 +45,8 @@ def write_app_dir(directory: Path, cfg: DictConfig) -> Path:
 
 
 def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
+    """Run the simulation of `cfg` to its end; Ctrl-C stops it between rounds and raises
+    `interrupt.RunInterrupted` (see fedguard/interrupt.py)."""
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
@@ -54,7 +57,7 @@ def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     flat = flatten(cfg)
-    with tempfile.TemporaryDirectory(prefix="fedguard-app-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedguard-app-") as tmp, stop_on_sigint():
         app_dir = write_app_dir(Path(tmp), cfg)
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
         _run_simulation(

@@ -2,6 +2,7 @@
 `fedguard run` subprocess resumed to the same records and final model."""
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -152,3 +153,38 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, killed))
     for k in ("final_accuracy", "rounds", "detection", "rejected", "accuracy_before_trigger"):
         assert sa[k] == sb[k], k
+
+
+SHORT = ["num_clients=4", "rounds=12", "local_steps=2", "progress=false", "backend.init_args.num_cpus=2"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_between_rounds_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """SIGINT to the run's process group, as a terminal's Ctrl-C sends it, at round 4 or later:
+    the run exits 130 within 60 s, records no partial round, and `resume=` completes it
+    exactly as the uninterrupted run."""
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    env = {"PYTHONUNBUFFERED": "1"}
+    proc, _ = launch.run(SHORT, full, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    with launch.Launch(SHORT, stopped, env=env) as run:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_rows(stopped / "rounds.jsonl")) < 4 and run.running():
+            time.sleep(0.05)
+        assert run.running(), "the run ended before Ctrl-C"
+        os.killpg(run.pid, signal.SIGINT)
+        done, _ = run.wait(timeout=60)
+    err = done.stderr
+    assert done.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and f"resume={stopped}" in err, err[-3000:]
+    rows = _rows(stopped / "rounds.jsonl")
+    assert 4 <= len(rows) < 12 and not (stopped / "summary.json").exists()
+    assert not any(r["missing"] or r["kept_previous_model"] for r in rows)
+
+    proc, _ = launch.run([f"resume={stopped}"], timeout=400, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _rows(full / "rounds.jsonl"), _rows(stopped / "rounds.jsonl")
+    assert [(r["round"], r["accuracy"], r["test_loss"]) for r in a] == [(r["round"], r["accuracy"], r["test_loss"])
+                                                                         for r in b]
+    assert torch.equal(torch.load(full / "final_model.pt"), torch.load(stopped / "final_model.pt"))
