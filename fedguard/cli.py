@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [f"{sys.argv[0]} run", *rest]
         _hydra_run()
     elif command == "report":
-        from fedguard.report import report
+        from fedguard.report import main as report_main
 
-        report([Path(p) for p in rest])
+        report_main(rest)
     else:
         print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
         raise SystemExit(2)

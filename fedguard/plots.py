@@ -36,16 +36,46 @@ def plot_accuracy(rounds: list[dict], path: Path, title: str | None = None) -> N
     plt.close(fig)
 
 
-def plot_comparison(runs: dict[str, list[dict]], path: Path) -> None:
-    """Accuracy curves of several runs on one axis (one line per run label)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, rounds in runs.items():
-        ax.plot(*_evaluated(rounds), lw=1.5, label=label)
-    ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title="comparison")
+def shade_accumulation(ax, rounds: list[dict]) -> None:
+    """Shade the accumulate phase (an accumulative attack's poisoned rounds)."""
+    acc = [r["round"] for r in rounds if r.get("phase") == "accumulate"]
+    if acc:
+        ax.axvspan(min(acc) - 0.5, max(acc) + 0.5, color="orange", alpha=0.12, lw=0, label="accumulation")
+
+
+def plot_comparison(runs: dict[str, list[dict]], bars: dict[str, list], path: Path) -> None:
+    """Paper-size comparison: accuracy over rounds of every run (the trigger marked, the
+    accumulation shaded), then one bar panel per headline metric in `bars` (metric -> one
+    value per run, in the order of `runs`; None is drawn as no bar). Runs are numbered; the
+    legend maps numbers to labels inside the figure, below the panels."""
+    labels = list(runs)
+    fig, axes = plt.subplots(1, 1 + len(bars), figsize=(3.2 * (1 + len(bars)), 3.2 + 0.22 * len(labels)),
+                             gridspec_kw={"width_ratios": [2] + [1] * len(bars)})
+    ax = axes[0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, rounds) in enumerate(runs.items()):
+        ax.plot(*_evaluated(rounds), lw=1.5, color=colors[i % len(colors)], label=f"{i + 1}: {label}")
+    first = next(iter(runs.values()), [])
+    shade_accumulation(ax, first)
+    trigger = next((r["round"] for r in first if r.get("phase") == "trigger"), None)
+    if trigger is not None:
+        ax.axvline(trigger, color="crimson", ls="--", lw=1)
+    ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title="accuracy")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for bar_ax, (metric, values) in zip(axes[1:], bars.items()):
+        x = list(range(1, len(labels) + 1))
+        bar_ax.bar(x, [v if v is not None else 0.0 for v in values],
+                   color=[colors[i % len(colors)] for i in range(len(labels))])
+        for xi, v in zip(x, values):
+            if v is None:
+                bar_ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=7)
+        bar_ax.set(title=metric, xticks=x)
+        bar_ax.grid(alpha=0.3, axis="y")
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower left", fontsize=8, frameon=False, ncol=1)
+    fig.tight_layout(rect=(0, 0.06 * len(labels) / (1 + 0.07 * len(labels)) + 0.02, 1, 1))
+    fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
