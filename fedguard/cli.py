@@ -1,9 +1,29 @@
-"""`fedguard run [hydra overrides]` and `fedguard report RUN_DIR...`."""
+"""The `fedguard` command: `run`, `report`, `list` (see `USAGE`)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+
+STARTED = time.perf_counter()  # the command's start: the printed wall time includes start-up
+USAGE = """usage: fedguard COMMAND ...
+
+Federated-learning simulations of poisoned data streams and the defenses against them
+(Flower apps on Ray, configured by Hydra).
+
+commands:
+  run [OVERRIDES...]      run one experiment, or a sweep with -m (Hydra overrides such as
+                          attack=accumulative defense=mddsc num_malicious=2); `fedguard run
+                          --help` shows the composed config; `resume=RUN_DIR` continues a run
+  report RUN_DIR...       compare finished runs: table, comparison.csv and comparison.png
+  list [KIND [NAME]]      the attacks, defenses, sanitizers, stream poisons, datasets, models
+                          and partitioners, one line each; with NAME, its knobs and defaults
+
+options:
+  -h, --help              this message
+  --version               the installed version
+"""
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -43,8 +63,9 @@ def _hydra_run() -> None:
         import json
 
         result = json.loads(summary.read_text())
+        wall, rounds_s = time.perf_counter() - STARTED, result["timing"]["total_s"]
         print(f"run dir: {cfg.run_dir}  final accuracy: {result['final_accuracy']:.4f}  "
-              f"({result['rounds']} rounds, {result['timing']['total_s']:.1f}s)")
+              f"({result['rounds']} rounds in {rounds_s:.1f}s, start-up {wall - rounds_s:.1f}s, wall {wall:.1f}s)")
         return result["final_accuracy"]
 
     task()
@@ -70,10 +91,14 @@ def refuse_reused_run_dir(overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: fedguard run [hydra overrides...] | fedguard report RUN_DIR [RUN_DIR ...]"
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"fedguard {version('fedguard')}")
+        raise SystemExit(0)
     command, rest = argv[0], argv[1:]
     if command == "run":
         refuse_reused_run_dir(rest)
@@ -88,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
 
         report_main(rest)
     else:
-        print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
+        print(f"fedguard: unknown command {command!r} (commands: run, report, list; see fedguard --help)",
+              file=sys.stderr)
         raise SystemExit(2)
 
 

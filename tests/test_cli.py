@@ -36,3 +36,14 @@ def test_sigint_sets_stop_instead_of_raising():
             check(3)
         assert stop.value.completed == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.parametrize("argv, code, stream, text", [(["--help"], 0, "out", "commands:"),
+                                                     (["--version"], 0, "out", "fedguard 0."),
+                                                     ([], 2, "err", "usage: fedguard"),
+                                                     (["bogus"], 2, "err", "unknown command 'bogus'")])
+def test_top_level_help_version_and_errors(capsys, argv, code, stream, text):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == code
+    assert text in getattr(capsys.readouterr(), stream)
