@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cells import add_cell_arguments, fmt, mean, run_cells  # noqa: E402
-from fedguard.config import ATTACKS  # noqa: E402
+from fedguard.attacks import ATTACKS  # noqa: E402
 
 DEFENSES = {
     "fedavg": ["defense=fedavg"],

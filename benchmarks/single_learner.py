@@ -10,7 +10,7 @@ round. Each learner variant is run with the accumulation and with the trigger al
 the trigger-induced error increase (accuracy before minus after the trigger round), in
 points, as the mean over `--seeds`.
 
-Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_round`):
+Learners (the sanitiser's online phase starts with the accumulation: `sanitizer.dsc.start_round`):
 - plain: SGD on the stream as it comes;
 - clipping: the round's update clipped to `--clip-norm` (fixed: with one client the adaptive
   bound is the client's own norm, a no-op);
@@ -19,7 +19,7 @@ Learners (the sanitiser's online phase starts with the accumulation: `dsc_start_
 - dsc_all: DSC with threshold 0: every online batch gets the full correction (`steps`
   signed-descent steps), i.e. DSC's correction without its MD test;
 - md_filter: DSC's MD test without its correction: samples whose MD is above `--tau-drop`
-  are dropped (`steps=0 drop_above`);
+  are dropped (`sanitizer.dsc.steps=0 drop_above`);
 - md_gate: DSC's batch test without its correction: a batch whose mean MD is above `--tau`
   is skipped (`steps=0 skip_uncorrected=true`);
 - dsc_anchor, md_gate_anchor: dsc_tau and md_gate against the paper's fixed historical model,
@@ -45,20 +45,20 @@ from fedguard.config import compose  # noqa: E402
 
 
 def learners(args) -> dict[str, list[str]]:
-    dsc = ["sanitizer=dsc", f"sanitizer.dsc_start_round={args.pretrain_rounds + 1}"]
-    anchor = dsc + [f"sanitizer.history_round={args.history_round}", f"sanitizer.tau0={args.tau_anchor:g}",
-                    "sanitizer.slope=0"]
+    dsc = ["sanitizer=dsc", f"sanitizer.dsc.start_round={args.pretrain_rounds + 1}"]
+    anchor = dsc + [f"sanitizer.dsc.history_round={args.history_round}", f"sanitizer.dsc.tau0={args.tau_anchor:g}",
+                    "sanitizer.dsc.slope=0"]
     return {
         "plain": [],
         "clipping": ["defense=clipping", f"defense.clip_norm={args.clip_norm:g}"],
         "dsc": dsc,
-        "dsc_tau": dsc + [f"sanitizer.tau0={args.tau:g}", "sanitizer.slope=0"],
-        "dsc_all": dsc + ["sanitizer.tau0=0", "sanitizer.slope=0"],
-        "md_filter": dsc + ["sanitizer.steps=0", f"sanitizer.drop_above={args.tau_drop:g}"],
-        "md_gate": dsc + ["sanitizer.steps=0", "sanitizer.skip_uncorrected=true", f"sanitizer.tau0={args.tau:g}",
-                          "sanitizer.slope=0"],
+        "dsc_tau": dsc + [f"sanitizer.dsc.tau0={args.tau:g}", "sanitizer.dsc.slope=0"],
+        "dsc_all": dsc + ["sanitizer.dsc.tau0=0", "sanitizer.dsc.slope=0"],
+        "md_filter": dsc + ["sanitizer.dsc.steps=0", f"sanitizer.dsc.drop_above={args.tau_drop:g}"],
+        "md_gate": dsc + ["sanitizer.dsc.steps=0", "sanitizer.dsc.skip_uncorrected=true",
+                          f"sanitizer.dsc.tau0={args.tau:g}", "sanitizer.dsc.slope=0"],
         "dsc_anchor": anchor,
-        "md_gate_anchor": anchor + ["sanitizer.steps=0", "sanitizer.skip_uncorrected=true"],
+        "md_gate_anchor": anchor + ["sanitizer.dsc.steps=0", "sanitizer.dsc.skip_uncorrected=true"],
     }
 
 

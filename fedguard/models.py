@@ -1,5 +1,6 @@
-"""Models (torch): `mlp` (digits, synthetic), `cnn` (MNIST), `resnet18` (CIFAR-10, 3x3 stem),
-and the conversions between a model and the ArrayRecord Flower carries.
+"""Models (torch), registered by `model.name` in `MODELS`: `mlp` (digits, synthetic), `cnn`
+(MNIST), `resnet18` (CIFAR-10, 3x3 stem); and the conversions between a model and the
+ArrayRecord Flower carries.
 
 Only floating-point tensors travel (parameters and BatchNorm running statistics);
 integer buffers such as `num_batches_tracked` stay local, so every aggregator can average.
@@ -12,6 +13,11 @@ import math
 import torch
 from flwr.app import Array, ArrayRecord
 from torch import nn
+
+from fedguard.registry import Registry
+
+# `model.name` -> a builder (input_shape, num_classes, hidden) -> nn.Module
+MODELS = Registry("model")
 
 
 class MLP(nn.Module):
@@ -73,16 +79,31 @@ class ResNet18(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> nn.Module:
-    if name == "mlp":
-        return MLP(math.prod(input_shape), num_classes, hidden)
+def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(input_shape) != 3:
         raise ValueError(f"model={name} needs image inputs (C, H, W), got shape {input_shape}")
-    if name == "cnn":
-        return CNN(input_shape[0], input_shape[1], num_classes, hidden)
-    if name == "resnet18":
-        return ResNet18(input_shape[0], num_classes)
-    raise ValueError(f"unknown model {name!r}; allowed: mlp, cnn, resnet18")
+    return input_shape
+
+
+@MODELS.register("mlp", "two hidden dense layers of `model.hidden` units over the flattened input")
+def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+    return MLP(math.prod(input_shape), num_classes, hidden)
+
+
+@MODELS.register("cnn", "two conv blocks and two dense layers (`model.hidden`), for images")
+def _cnn(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+    channels, side, _ = _image_shape("cnn", input_shape)
+    return CNN(channels, side, num_classes, hidden)
+
+
+@MODELS.register("resnet18", "ResNet-18 with a 3x3 stem and BatchNorm, for 32x32 images")
+def _resnet18(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+    return ResNet18(_image_shape("resnet18", input_shape)[0], num_classes)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> nn.Module:
+    """The model `name` (`MODELS`) for inputs of `input_shape` and `num_classes` outputs."""
+    return MODELS.get(name)(tuple(input_shape), num_classes, hidden)
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,8 +6,8 @@
 
 from strategies.base import RoundNotes, StrategyWrapper
 from strategies.clipping import NormClipping, clip_factors
-from strategies.factory import DEFENSES, aggregator_names, build_strategy
+from strategies.factory import DEFENSES, build_strategy, inner_names
 from strategies.validation import ReplyValidator
 
-__all__ = ["DEFENSES", "NormClipping", "ReplyValidator", "RoundNotes", "StrategyWrapper", "aggregator_names",
-           "build_strategy", "clip_factors"]
+__all__ = ["DEFENSES", "NormClipping", "ReplyValidator", "RoundNotes", "StrategyWrapper", "build_strategy",
+           "clip_factors", "inner_names"]

@@ -81,9 +81,10 @@ class StrategyWrapper(Strategy):
         self.inner.summary()
 
     # checkpoint/resume: a subclass with state of its own extends both (plain tensors,
-    # lists and numbers only: checkpoints load with torch.load(weights_only=True))
+    # lists and numbers only: checkpoints load with torch.load(weights_only=True)); an inner
+    # strategy with a `state_dict` (a wrapper, a fedguard aggregator) is saved with it
     def state_dict(self) -> dict[str, Any]:
-        inner = self.inner.state_dict() if isinstance(self.inner, StrategyWrapper) else None
+        inner = self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
         return {"inner": inner}
 
     def flat_updates(self, replies: list[Message]) -> tuple[Tensor, list[Tensor]]:
@@ -92,5 +93,5 @@ class StrategyWrapper(Strategy):
         return base, [flat_from_arrays(m.content[arrays_key(m)]) - base for m in replies]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if isinstance(self.inner, StrategyWrapper) and state.get("inner") is not None:
+        if hasattr(self.inner, "load_state_dict") and state.get("inner") is not None:
             self.inner.load_state_dict(state["inner"])

@@ -1,9 +1,10 @@
 """Build the server strategy named by `defense=` from the config.
 
 Every defense is registered by name in `DEFENSES` (`fedguard.registry`): an aggregator
-(Flower's own `flwr.serverapp.strategy` classes) or a wrapper around the aggregator
-`defense.inner` names. The config validation, this factory and `fedguard list` all read the
-names from it.
+(Flower's `FedAvg`, `FedMedian`, `FedTrimmedAvg`, or fedguard's own on updates,
+`strategies.updates.UpdateAggregator`) or a wrapper around the strategy
+`defense.inner` names (an aggregator, or a nesting wrapper: norm clipping; `inner_names`). The
+config validation, this factory and `fedguard list` all read the names from it.
 
 Client sampling is done by the ServerApp (seeded, reproducible) through a grid view, so every
 inner strategy is built with `fraction_train=1.0` over the nodes it is shown, and client-side
@@ -17,12 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
 from fedguard.registry import Registry
 from strategies.base import RoundNotes
+from fedguard.attacks.craft import param_mask
+from strategies.bulyan import Bulyan
+from strategies.cclip import CenteredClipping
 from strategies.clipping import NormClipping
+from strategies.dnc import DnC
 from strategies.epic_updates import EPICUpdates
+from strategies.flame import FLAME
+from strategies.fldetector import FLDetector
+from strategies.fltrust import FLTrust
+from strategies.geomed import GeometricMedian
+from strategies.krum import Krum, MultiKrum
 from strategies.mddsc import MDDSC
 from strategies.omniscient import OMNISCIENT, omniscient_from_config
 from strategies.validation import ReplyValidator
@@ -43,23 +53,26 @@ class BuildContext:
     device: Any = None
 
     def inner(self) -> Strategy:
-        """The strategy a wrapper wraps: `defense.inner` (`clipping` = norm clipping over fedavg)."""
+        """The strategy a wrapper wraps: `defense.inner`, an aggregator or a nesting wrapper
+        (`clipping`: norm clipping over fedavg)."""
         name = self.cfg.defense.inner
-        return DEFENSES.get(name).build(self) if name == "clipping" else build_aggregator(name, self.cfg, self.sampled)
+        spec = DEFENSES.get(name)
+        return spec.build(self) if spec.wraps else build_aggregator(name, self.cfg, self.sampled)
 
 
 @dataclass(frozen=True)
 class Defense:
     build: Callable[[BuildContext], Strategy]
     wraps: bool  # True: a wrapper around `defense.inner`; False: an aggregator (may be an inner)
+    nests: bool = False  # a wrapper that may itself be another wrapper's inner (over fedavg)
 
 
 DEFENSES = Registry("defense")
 
 
-def defense(name: str, summary: str, wraps: bool = False):
+def defense(name: str, summary: str, wraps: bool = False, nests: bool = False):
     def add(build: Callable[[BuildContext], Strategy]) -> Callable[[BuildContext], Strategy]:
-        DEFENSES.add(name, Defense(build, wraps), summary)
+        DEFENSES.add(name, Defense(build, wraps, nests), summary)
         return build
 
     return add
@@ -87,23 +100,23 @@ def _trimmed_mean(ctx: BuildContext) -> Strategy:
 
 @defense("krum", "Krum: the update closest to its n-f-2 neighbours (Blanchard et al., 2017)")
 def _krum(ctx: BuildContext) -> Strategy:
-    return Krum(num_malicious_nodes=assumed_malicious(ctx.cfg), **_COMMON)
+    return Krum(assumed_malicious(ctx.cfg), ctx.notes, **_COMMON)
 
 
 @defense("multikrum", "MultiKrum: the mean of the defense.multikrum_select best Krum scores")
 def _multikrum(ctx: BuildContext) -> Strategy:
     f, m = assumed_malicious(ctx.cfg), ctx.cfg.defense.multikrum_select
-    return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=int(m if m is not None else max(1, ctx.sampled - f)),
-                     **_COMMON)
+    return MultiKrum(f, int(m if m is not None else max(1, ctx.sampled - f)), ctx.notes, **_COMMON)
 
 
-@defense("bulyan", "Bulyan: Krum selection, then a coordinate-wise trimmed mean (El Mhamdi et al., 2018)")
+@defense("bulyan", "Bulyan: iterated Krum selection, then a coordinate-wise trimmed mean around the median "
+         "(El Mhamdi et al., 2018)")
 def _bulyan(ctx: BuildContext) -> Strategy:
-    return Bulyan(num_malicious_nodes=assumed_malicious(ctx.cfg), **_COMMON)
+    return Bulyan(assumed_malicious(ctx.cfg), ctx.notes, **_COMMON)
 
 
 @defense("clipping", "norm clipping of every update (fixed defense.clip_norm or a multiple of the median norm), "
-         "around defense.inner", wraps=True)
+         "around defense.inner", wraps=True, nests=True)
 def _clipping(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     inner = build_aggregator("fedavg" if d.inner == "clipping" else d.inner, ctx.cfg, ctx.sampled)
@@ -126,9 +139,57 @@ def _epic_updates(ctx: BuildContext) -> Strategy:
     return EPICUpdates(ctx.inner(), d.epic_fraction, d.epic_max_cluster, ctx.notes)
 
 
-def aggregator_names() -> list[str]:
-    """The defenses that can be a wrapper's `defense.inner` (the aggregators)."""
-    return [e.name for e in DEFENSES.entries() if not e.target.wraps]
+@defense("cclip", "centered clipping: the center moves by the mean of the updates clipped around it, "
+         "defense.cclip_iters times from the previous aggregate (Karimireddy et al., 2021)")
+def _cclip(ctx: BuildContext) -> Strategy:
+    d = ctx.cfg.defense
+    return CenteredClipping(d.cclip_tau, d.cclip_iters, d.cclip_init, ctx.notes, **_COMMON)
+
+
+@defense("geomed", "geometric median of the updates by smoothed Weiszfeld iterations (RFA, Pillutla et al., 2022)")
+def _geomed(ctx: BuildContext) -> Strategy:
+    d = ctx.cfg.defense
+    return GeometricMedian(d.geomed_nu, d.geomed_iters, d.geomed_tol, ctx.notes, **_COMMON)
+
+
+@defense("fltrust", "FLTrust: updates rescaled to the server's own update on its validation split, weighted by "
+         "ReLU(cosine) with it (Cao et al., 2021)")
+def _fltrust(ctx: BuildContext) -> Strategy:
+    if ctx.model is None or ctx.data is None:
+        raise ValueError("fltrust trains on the server's data: it is a defense of its own, not a defense.inner")
+    cfg = ctx.cfg
+    return FLTrust(ctx.model, ctx.data.val.x, ctx.data.val.y, lr=cfg.lr, momentum=cfg.momentum,
+                   local_steps=cfg.local_steps, batch_size=cfg.batch_size, seed=cfg.seed, device=ctx.device,
+                   notes=ctx.notes, **_COMMON)
+
+
+@defense("dnc", "Divide-and-Conquer: drops the updates with the largest projections on the top singular vector "
+         "of subsampled centred updates (Shejwalkar and Houmansadr, 2021), around defense.inner", wraps=True)
+def _dnc(ctx: BuildContext) -> Strategy:
+    d = ctx.cfg.defense
+    return DnC(ctx.inner(), assumed_malicious(ctx.cfg), d.dnc_iters, d.dnc_subsample, d.dnc_filter_frac,
+               seed=ctx.cfg.seed, notes=ctx.notes)
+
+
+@defense("flame", "FLAME: HDBSCAN on cosine distances keeps the majority, clipping to the median norm, Gaussian "
+         "noise (Nguyen et al., 2022), around defense.inner", wraps=True)
+def _flame(ctx: BuildContext) -> Strategy:
+    mask = param_mask(ctx.model) if ctx.model is not None else None
+    return FLAME(ctx.inner(), ctx.cfg.defense.flame_noise, seed=ctx.cfg.seed, param_mask=mask, notes=ctx.notes)
+
+
+@defense("fldetector", "FLDetector: flags clients whose updates the L-BFGS prediction from the model history "
+         "misses (Zhang et al., 2022), around defense.inner", wraps=True)
+def _fldetector(ctx: BuildContext) -> Strategy:
+    d = ctx.cfg.defense
+    return FLDetector(ctx.inner(), d.fldetector_window, d.fldetector_start, seed=ctx.cfg.seed, notes=ctx.notes)
+
+
+def inner_names(wrapper: str) -> list[str]:
+    """The defenses that can be `defense.inner` of the wrapper `wrapper`: the aggregators, and
+    the nesting wrappers other than itself."""
+    return [e.name for e in DEFENSES.entries()
+            if not e.target.wraps or (e.target.nests and e.name != wrapper)]
 
 
 def build_aggregator(name: str, cfg, sampled: int) -> Strategy:
@@ -144,7 +205,8 @@ def build_defense(cfg, sampled: int, notes: RoundNotes | None = None, model=None
     """The defense `defense.name`: a wrapper (around `defense.inner`) or an aggregator.
 
     `model` (a template of the run's architecture) and `data` (its DataSplits, for the
-    server's validation stream) are needed by `mddsc` only.
+    server's validation stream) are needed by `mddsc` and `fltrust` (`flame` reads the model
+    for which coordinates are parameters).
     """
     return DEFENSES.get(cfg.defense.name).build(BuildContext(cfg, sampled, notes, model, data, device))
 

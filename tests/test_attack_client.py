@@ -305,8 +305,8 @@ def test_data_form_trains_through_the_sanitizer(flower_identity):
     from fedguard.sanitizers import CORRECTED, FLAGGED, POISONED
     from fedguard.sanitizers.dsc import STATE_KEY as DSC_KEY
 
-    cfg = config("accumulative", *ACC, "attack.form=data", "sanitizer=dsc", "sanitizer.tau0=0",
-                 "sanitizer.slope=0", "sanitizer.history_lag=0")
+    cfg = config("accumulative", *ACC, "attack.form=data", "sanitizer=dsc", "sanitizer.dsc.tau0=0",
+                 "sanitizer.dsc.slope=0", "sanitizer.dsc.history_lag=0")
     plain_cfg = config("accumulative", *ACC, "attack.form=data")
     pid = attacker(cfg)
     model, _ = global_model(cfg)

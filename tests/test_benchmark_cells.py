@@ -54,4 +54,4 @@ def test_single_learner_cells_are_valid_runs_whose_online_phase_starts_with_the_
         other = cells[name, "alone" if kind == "acc" else "acc", seed]
         assert [o for o in overrides if o not in other] == [f"attack.accumulate_rounds={cfg.attack.accumulate_rounds}"]
         if cfg.sanitizer.name == "dsc":  # pretraining ends where the accumulation starts
-            assert cfg.sanitizer.dsc_start_round == 51 - 10
+            assert cfg.sanitizer.dsc.start_round == 51 - 10

@@ -1,8 +1,9 @@
 import tomllib
 
 import pytest
+from omegaconf import OmegaConf
 
-from fedguard.config import ConfigError, compose, flatten, from_flat, validate
+from fedguard.config import CONFIG_DIR, ConfigError, FedGuardConfig, compose, flatten, from_flat, validate
 from tests.conftest import REPO
 
 
@@ -39,9 +40,9 @@ def test_dataset_brings_its_natural_model_unless_overridden(mnist_root):
     (["backend.round_timeout=0"], "backend.round_timeout", "0"),
     (["num_clients=100", "fraction_train=0.1", "backend.num_supernodes=5"], "backend.num_supernodes", "5"),
     (["num_clients=10", "backend.num_supernodes=11"], "backend.num_supernodes", "11"),
-    (["backend.num_supernodes=10", "sanitizer=dsc"], "sanitizer.history_lag", "1"),
-    (["backend.num_supernodes=10", "sanitizer=dsc", "sanitizer.history_lag=0", "sanitizer.history_round=5"],
-     "sanitizer.history_round", "5"),
+    (["backend.num_supernodes=10", "sanitizer=dsc"], "sanitizer.dsc.history_lag", "1"),
+    (["backend.num_supernodes=10", "sanitizer=dsc", "sanitizer.dsc.history_lag=0", "sanitizer.dsc.history_round=5"],
+     "sanitizer.dsc.history_round", "5"),
     (["resume=/nonexistent/run"], "resume", "/nonexistent/run"),
     (["faults.kind=hang", "faults.rate=0.5", "backend.init_args.num_cpus=2"], "faults.rate", "0.5"),
 ])
@@ -72,3 +73,19 @@ def test_pyproject_flower_config_is_the_hydra_default():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"]["config"] == flatten(compose()), (
         "regenerate [tool.flwr.app.config] with fedguard.config.flwr_app_config_toml(compose())")
+
+
+def test_the_schema_holds_the_defaults():
+    """One source of defaults: configs/ selects the default options but sets no value of its own."""
+    assert flatten(compose()) == flatten(OmegaConf.structured(FedGuardConfig))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_group_files_set_only_what_differs_from_the_schema(path):
+    group = path.parent.name
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    if path.read_text().startswith("# @package _global_"):  # e.g. a dataset that picks its model
+        node = node[group]
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(FedGuardConfig)[group]))
+    restated = {k: v for k, v in flatten(node).items() if k != "name" and defaults.get(k, "") == v}
+    assert not restated, f"{path.relative_to(REPO)} restates schema defaults: {restated}"

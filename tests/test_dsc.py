@@ -11,6 +11,7 @@ from torch import nn
 
 from fedguard.config import compose, validate
 from fedguard.defense.md import md_per_sample
+from fedguard.defense.thresholds import schedule_threshold
 from fedguard.sanitizers import (
     CORRECTED,
     DROPPED,
@@ -23,7 +24,7 @@ from fedguard.sanitizers import (
     build_sanitizer,
     train_sanitized,
 )
-from fedguard.sanitizers.dsc import DSCSanitizer, dsc_correct, dsc_threshold, flat_params
+from fedguard.sanitizers.dsc import DSCSanitizer, dsc_correct, flat_params
 from fedguard.training import sgd_steps
 
 CPU = torch.device("cpu")
@@ -68,9 +69,8 @@ def diverged(_diverged):
 
 
 def test_threshold_schedule_is_the_papers():
-    assert dsc_threshold(0) == pytest.approx(0.5)
-    assert dsc_threshold(10) == pytest.approx(0.7)
     assert [DSCSanitizer().threshold(t) for t in range(3)] == pytest.approx([0.5, 0.52, 0.54])
+    assert DSCSanitizer().threshold(10) == pytest.approx(0.7)
     assert DSCSanitizer(tau0=0.1, slope=0.5).threshold(4) == pytest.approx(2.1)
 
 
@@ -105,7 +105,7 @@ def test_correction_stops_as_soon_as_md_is_under_the_threshold(diverged):
 def test_no_correction_when_the_historical_model_is_the_current_one():
     model = mlp(0)
     x, y = batch(2)
-    res = dsc_correct(model, flat_params(model), x, y, threshold=dsc_threshold(0))
+    res = dsc_correct(model, flat_params(model), x, y, threshold=schedule_threshold(0))
     assert res.steps == 0 and res.md_before == pytest.approx(0.0, abs=1e-6) and torch.equal(res.x, x)
     res0 = dsc_correct(model, flat_params(model), x, y, threshold=0.0)  # even at threshold 0
     assert res0.steps == 0
@@ -114,7 +114,7 @@ def test_no_correction_when_the_historical_model_is_the_current_one():
 def test_a_batch_fitted_very_differently_gets_corrected(diverged):
     cur, hist = diverged
     x, y = batch(3)
-    res = dsc_correct(cur, hist, x, y, threshold=dsc_threshold(0))
+    res = dsc_correct(cur, hist, x, y, threshold=schedule_threshold(0))
     assert res.md_before > 0.5 and res.steps > 0 and res.md_after < res.md_before
 
 
@@ -181,7 +181,7 @@ def test_history_round_anchors_the_global_model_of_that_round_for_the_rest_of_th
         san.end_round(mlp(rnd), context, rnd)
         assert list(context.state.config_records["dsc"]["rounds"]) == ([] if rnd < 2 else [3])
     assert "history_round" in str(pytest.raises(ValueError, validate, compose(
-        ["sanitizer=dsc", "sanitizer.history_round=0"])).value)
+        ["sanitizer=dsc", "sanitizer.dsc.history_round=0"])).value)
 
 
 def test_before_start_round_batches_pass_untouched_and_t_does_not_count(diverged):
@@ -235,7 +235,7 @@ def test_skip_uncorrected_gates_whole_batches_on_their_mean_md(diverged):
 
 def test_build_sanitizer_from_config():
     assert type(build_sanitizer(compose([]))) is Sanitizer
-    san = build_sanitizer(compose(["sanitizer=dsc", "sanitizer.history_lag=3", "sanitizer.eps=0.1"]))
+    san = build_sanitizer(compose(["sanitizer=dsc", "sanitizer.dsc.history_lag=3", "sanitizer.dsc.eps=0.1"]))
     assert isinstance(san, DSCSanitizer) and san.online and san.history_lag == 3 and san.eps == 0.1
     assert san.steps == 10 and san.step == 0.02 and san.tau0 == 0.5 and san.slope == 0.02 and san.drop_above is None
 

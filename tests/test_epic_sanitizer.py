@@ -275,12 +275,11 @@ def test_warm_up_then_permanent_drops_through_the_window_protocol(digits_window)
 
 # ------------------------------------------------------------------ config
 def test_epic_from_config_and_validation():
-    cfg = compose(["sanitizer=epic", "sanitizer.epic_max_cluster=2", "sanitizer.window=256"])
+    cfg = compose(["sanitizer=epic", "sanitizer.epic.max_cluster=2", "sanitizer.window=256"])
     validate(cfg)
     san = build_sanitizer(cfg)
     assert isinstance(san, EPICSanitizer) and san.permanent and san.state_key == "epic"
     assert (san.window, san.max_cluster, san.fraction, san.min_class, san.start_round) == (256, 2, 0.1, 3, 5)
-    for bad in ("epic_fraction=0", "epic_fraction=1.5", "epic_max_cluster=-1", "epic_min_class=0",
-                "epic_start_round=0"):
+    for bad in ("fraction=0", "fraction=1.5", "max_cluster=-1", "min_class=0", "start_round=0"):
         with pytest.raises(ConfigError):
-            validate(compose(["sanitizer=epic", f"sanitizer.{bad}"]))
+            validate(compose(["sanitizer=epic", f"sanitizer.epic.{bad}"]))

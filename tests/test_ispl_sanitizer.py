@@ -332,14 +332,13 @@ def test_window_protocol_drops_the_flagged_samples(digits):
 
 
 def test_ispl_from_config_and_validation():
-    cfg = compose(["sanitizer=ispl", "sanitizer.window=256", "sanitizer.ispl_bags=2"])
+    cfg = compose(["sanitizer=ispl", "sanitizer.window=256", "sanitizer.ispl.bags=2"])
     validate(cfg)
     san = build_sanitizer(cfg)
     assert isinstance(san, ISPLSanitizer) and san.state_key == "ispl" and not san.permanent
     assert (san.window, san.bags, san.clusters, san.cluster_frac, san.expansion, san.min_share) == (
         256, 2, 8, 0.12, 0.25, 0.1)
-    for bad in ("ispl_bags=0", "ispl_clusters=0", "ispl_steps=0", "ispl_cluster_frac=0", "ispl_expansion=1.5",
-                "ispl_min_active=1", "ispl_min_per_class=0", "ispl_min_votes=0", "ispl_min_share=2",
-                "ispl_lr=0", "ispl_spl_iters=-1"):
+    for bad in ("bags=0", "clusters=0", "steps=0", "cluster_frac=0", "expansion=1.5", "min_active=1",
+                "min_per_class=0", "min_votes=0", "min_share=2", "lr=0", "spl_iters=-1"):
         with pytest.raises(ConfigError):
-            validate(compose(["sanitizer=ispl", f"sanitizer.{bad}"]))
+            validate(compose(["sanitizer=ispl", f"sanitizer.ispl.{bad}"]))

@@ -138,7 +138,7 @@ def test_virtual_clients_train_exactly_as_one_supernode_per_client(tmp_path):
     SuperNode per client: stream cursors and a sanitiser's window state travel intact."""
     common = ["num_clients=6", "fraction_train=0.5", "rounds=4", "local_steps=3", "progress=false",
               "stream_poison=label_flip", "stream_poison.rate=0.2", "sanitizer=epic",
-              "sanitizer.epic_start_round=1", "sanitizer.window=64"]
+              "sanitizer.epic.start_round=1", "sanitizer.window=64"]
     runs = {}
     for name, extra in (("nodes", []), ("virtual", ["backend.num_supernodes=3"])):
         run = tmp_path / name

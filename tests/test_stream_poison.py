@@ -132,9 +132,10 @@ def test_round_asr_reports_the_stream_backdoor():
 
 @pytest.mark.parametrize("override", ["stream_poison=nope", "stream_poison.rate=1.5", "stream_poison.rate=-0.1",
                                       "stream_poison.target_label=10", "stream_poison.patch_size=0",
-                                      "stream_poison.blend_alpha=0", "sanitizer=dsc sanitizer.step=0",
-                                      "sanitizer=dsc sanitizer.steps=-1", "sanitizer=dsc sanitizer.eps=-0.1",
-                                      "sanitizer=dsc sanitizer.drop_above=0", "sanitizer=dsc sanitizer.history_lag=-1"])
+                                      "stream_poison.blend_alpha=0", "sanitizer=dsc sanitizer.dsc.step=0",
+                                      "sanitizer=dsc sanitizer.dsc.steps=-1", "sanitizer=dsc sanitizer.dsc.eps=-0.1",
+                                      "sanitizer=dsc sanitizer.dsc.drop_above=0",
+                                      "sanitizer=dsc sanitizer.dsc.history_lag=-1"])
 def test_invalid_stream_poison_and_sanitizer_values_fail_naming_the_key(override):
     overrides = override.split()
     key = overrides[-1].split("=")[0]

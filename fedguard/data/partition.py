@@ -1,4 +1,5 @@
-"""Client partitions of the pool, with flwr-datasets partitioners (IID, Dirichlet, shards).
+"""Client partitions of the pool, with flwr-datasets partitioners registered by
+`partitioner.name` in `PARTITIONERS` (IID, Dirichlet, shards).
 
 The partitioner sees a `datasets.Dataset` holding only the pool's labels and row indices,
 so a client's partition is a list of indices into the pool. The IID partitioner shards
@@ -11,21 +12,35 @@ from functools import lru_cache
 
 import numpy as np
 
+from fedguard.registry import Registry
 
-def make_partitioner(name: str, num_partitions: int, seed: int, alpha: float = 0.5,
-                     min_partition_size: int = 10, shards_per_client: int = 2):
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
+# `partitioner.name` -> a builder (num_partitions, seed, alpha, min_partition_size, shards_per_client)
+# -> flwr-datasets Partitioner (each reads the knobs it has)
+PARTITIONERS = Registry("partitioner")
 
-    if name == "iid":
-        return IidPartitioner(num_partitions=num_partitions)
-    if name == "dirichlet":
-        return DirichletPartitioner(num_partitions=num_partitions, partition_by="label",
-                                    alpha=alpha, min_partition_size=min_partition_size,
-                                    self_balancing=False, seed=seed)
-    if name == "shards":
-        return ShardPartitioner(num_partitions=num_partitions, partition_by="label",
-                                num_shards_per_partition=shards_per_client, seed=seed)
-    raise ValueError(f"unknown partitioner {name!r}; allowed: iid, dirichlet, shards")
+
+@PARTITIONERS.register("iid", "equal random shares")
+def _iid(num_partitions: int, seed: int, alpha: float, min_partition_size: int, shards_per_client: int):
+    from flwr_datasets.partitioner import IidPartitioner
+
+    return IidPartitioner(num_partitions=num_partitions)
+
+
+@PARTITIONERS.register("dirichlet", "label shares drawn from Dirichlet(partitioner.alpha), at least "
+                       "partitioner.min_partition_size samples each")
+def _dirichlet(num_partitions: int, seed: int, alpha: float, min_partition_size: int, shards_per_client: int):
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    return DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha,
+                                min_partition_size=min_partition_size, self_balancing=False, seed=seed)
+
+
+@PARTITIONERS.register("shards", "pathological non-IID: partitioner.shards_per_client label-sorted shards each")
+def _shards(num_partitions: int, seed: int, alpha: float, min_partition_size: int, shards_per_client: int):
+    from flwr_datasets.partitioner import ShardPartitioner
+
+    return ShardPartitioner(num_partitions=num_partitions, partition_by="label",
+                            num_shards_per_partition=shards_per_client, seed=seed)
 
 
 @lru_cache(maxsize=4)
@@ -34,8 +49,7 @@ def _bound_partitioner(labels: bytes, num_partitions: int, name: str, seed: int,
     from datasets import Dataset
 
     y = np.frombuffer(labels, dtype=np.int64)
-    partitioner = make_partitioner(name, num_partitions, seed, alpha, min_partition_size,
-                                   shards_per_client)
+    partitioner = PARTITIONERS.get(name)(num_partitions, seed, alpha, min_partition_size, shards_per_client)
     partitioner.dataset = Dataset.from_dict({"label": y, "row": np.arange(len(y))})
     return partitioner
 

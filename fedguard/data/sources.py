@@ -1,7 +1,7 @@
-"""Dataset sources. Each yields three disjoint parts: the client pool, a small clean server
-validation stream, and a test set. Images are float32 in [0, 1], shaped (N, C, H, W)
-(pixel space, so attack and correction budgets such as eps=0.2 mean what the papers mean);
-the synthetic source yields feature vectors (N, F).
+"""Dataset sources, registered by `dataset.name` in `DATASETS`. Each yields three disjoint
+parts: the client pool, a small clean server validation stream, and a test set. Images are
+float32 in [0, 1], shaped (N, C, H, W) (pixel space, so attack and correction budgets such as
+eps=0.2 mean what the papers mean); the synthetic source yields feature vectors (N, F).
 """
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from fedguard.registry import Registry
 
 MNIST_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -71,18 +74,19 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def expected_files(name: str, root: Path) -> str | None:
-    """None when `root` holds the files of dataset `name`, else what is missing."""
-    if name == "mnist":
-        missing = [stem for stem in MNIST_FILES.values() if _find(root, stem) is None]
-        return f"IDX files {missing} (gzip or not) in the directory" if missing else None
-    if name == "cifar10":
-        if root.is_file() and root.suffix == ".npz":
-            return None
-        if root.is_dir() and (list(root.glob("*.npz")) or all((root / b).is_file() for b in CIFAR_BATCHES)):
-            return None
-        return "a CIFAR-10 python-batches directory (data_batch_1..5, test_batch) or an .npz with x_train,y_train,x_test,y_test"
-    return None
+def mnist_files(root: Path) -> str | None:
+    """None when `root` holds the four MNIST IDX files, else what is missing."""
+    missing = [stem for stem in MNIST_FILES.values() if _find(root, stem) is None]
+    return f"IDX files {missing} (gzip or not) in the directory" if missing else None
+
+
+def cifar10_files(root: Path) -> str | None:
+    """None when `root` is a CIFAR-10 .npz or a directory of python batches (or .npz), else what is expected."""
+    if root.is_file() and root.suffix == ".npz":
+        return None
+    if root.is_dir() and (list(root.glob("*.npz")) or all((root / b).is_file() for b in CIFAR_BATCHES)):
+        return None
+    return "a CIFAR-10 python-batches directory (data_batch_1..5, test_batch) or an .npz with x_train,y_train,x_test,y_test"
 
 
 def load_mnist(root: Path) -> tuple[Split, Split]:
@@ -166,29 +170,72 @@ def _carve(split: Split, sizes: list[int], seed: int) -> list[Split]:
     return [Split(split.x[idx], split.y[idx]) for idx in parts]
 
 
+# --------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class SourceArgs:
+    """The `dataset` keys (and the run's seed) a source's loader may read."""
+    root: str | None
+    seed: int
+    num_samples: int
+    num_features: int
+    num_classes: int
+    hub_name: str | None
+    hub_image_key: str
+    hub_label_key: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset source: how it loads and what is known of it before loading."""
+    # -> (train, test); test None: the source is one set, the test set is carved out of it (dataset.test_size)
+    load: Callable[[SourceArgs], tuple[Split, Split | None]]
+    num_classes: int | None = None  # the class count, when known before loading (hub: None)
+    sized_by_config: bool = False  # made to measure by dataset.num_samples, num_features, num_classes (synthetic)
+    files: Callable[[Path], str | None] | None = None  # on-disk source: what `dataset.root` lacks (None: complete)
+
+
+DATASETS = Registry("dataset")
+DATASETS.add("digits", Source(lambda a: (load_digits_all(), None), num_classes=10),
+             "scikit-learn's bundled 8x8 digits (1,797 images, offline)")
+DATASETS.add("mnist", Source(lambda a: load_mnist(Path(a.root)), num_classes=10, files=mnist_files),
+             "MNIST from IDX files (gzip or not) in dataset.root")
+DATASETS.add("cifar10", Source(lambda a: load_cifar10(Path(a.root)), num_classes=10, files=cifar10_files),
+             "CIFAR-10 from python batches or an .npz in dataset.root")
+DATASETS.add("synthetic", Source(lambda a: (make_synthetic(a.num_samples, a.num_features, a.num_classes, a.seed),
+                                            None), sized_by_config=True),
+             "seeded Gaussian class clusters of any size")
+DATASETS.add("hub", Source(lambda a: load_hub(a.hub_name, a.hub_image_key, a.hub_label_key)),
+             "a Hugging Face hub dataset (dataset.hub_name) through flwr-datasets (online)")
+
+
+def expected_files(name: str, root: Path) -> str | None:
+    """None when `root` holds the files of dataset `name` (or the source reads no files), else what is missing."""
+    files = DATASETS.get(name).files
+    return files(root) if files is not None else None
+
+
+def known_num_classes(ds) -> int | None:
+    """The class count of the `dataset` config's source before loading it (None: only its data tells)."""
+    source = DATASETS.get(ds.name)
+    return int(ds.num_classes) if source.sized_by_config else source.num_classes
+
+
 @lru_cache(maxsize=4)
 def load_splits(name: str, root: str | None, val_size: int, test_size: int, seed: int,
                 num_samples: int = 20000, num_features: int = 64, num_classes: int = 10,
                 hub_name: str | None = None, hub_image_key: str = "image",
                 hub_label_key: str = "label") -> DataSplits:
     """Load a source and split it into client pool / server validation / test (cached per process)."""
-    if name == "digits":
-        test, val, pool = _carve(load_digits_all(), [test_size, val_size], seed)
-    elif name == "synthetic":
-        data = make_synthetic(num_samples, num_features, num_classes, seed)
-        test, val, pool = _carve(data, [test_size, val_size], seed)
+    source = DATASETS.get(name)
+    train, test = source.load(SourceArgs(root, seed, num_samples, num_features, num_classes, hub_name,
+                                         hub_image_key, hub_label_key))
+    if test is None:
+        test, val, pool = _carve(train, [test_size, val_size], seed)
     else:
-        if name == "mnist":
-            train, test = load_mnist(Path(root))
-        elif name == "cifar10":
-            train, test = load_cifar10(Path(root))
-        elif name == "hub":
-            train, test = load_hub(hub_name, hub_image_key, hub_label_key)
-        else:
-            raise ValueError(f"unknown dataset {name!r}")
         val, pool = _carve(train, [val_size], seed)
     classes = int(max(pool.y.max(), test.y.max(), val.y.max())) + 1
-    return DataSplits(pool=pool, val=val, test=test, num_classes=max(classes, num_classes if name == "synthetic" else classes))
+    return DataSplits(pool=pool, val=val, test=test,
+                      num_classes=max(classes, num_classes) if source.sized_by_config else classes)
 
 
 def splits_from_config(cfg) -> DataSplits:

@@ -1,8 +1,8 @@
 """Sample-level sanitisers that honest clients run on their own stream batches (`sanitizer`).
 
 In a federation the sample-level defenses belong where the data is: an honest client whose
-stream carries an outsider's poisons (`fedguard/stream_poison.py`) cleans its own batches
-before it trains on them. Every sanitiser follows one protocol (`Sanitizer`):
+stream carries an outsider's poisons (`fedguard/attacks/stream_poison.py`) cleans its own batches
+before it trains on them. Every sanitiser follows one protocol (`base.Sanitizer`):
 
     begin_round(model, context, server_round)    model = the global model just received
     sanitize(model, batches, context, server_round) -> (batches', flagged_mask_per_batch)
@@ -12,8 +12,8 @@ before it trains on them. Every sanitiser follows one protocol (`Sanitizer`):
 sanitiser treats as poisoned: corrected, dropped or removed); `batches'[i]` is what is trained
 on (may be shorter: dropped samples). An `online` sanitiser (DSC) is called on one batch at a
 time, right before that batch's SGD step, with the model as it is then (the single-learner
-online protocol of the paper); an offline one (EPIC, ISPL, Confusion, to come) once on the
-round's batches before training. Persistent state (online step counter, historical models,
+online protocol of the paper); an offline one (EPIC, ISPL, Confusion) once on the round's
+batches before training. Persistent state (online step counter, historical models,
 dropped ids) lives in the node's `Context.state`: small JSON-able values in ConfigRecords
 (echoed to the server, so they survive checkpoint/resume), tensors in ArrayRecords (not
 echoed: after a resume the sanitiser rebuilds them).
@@ -24,11 +24,16 @@ applicable). `stream-poisoned` (poisoned samples drawn this round) and
 `sanitizer-flagged-poisoned` (flagged ones among them) are simulation ground truth: they are
 read only by the recorder (sample-level precision/recall of the sanitiser in summary.json
 `sanitizer`), never by a sanitiser or a server-side defense.
+
+Where things are: `base` (the protocol, the METRICS keys and `SANITIZERS`, `sanitizer.name` ->
+class), `dsc` (the paper's online DSC), `window` (the buffered stream window) with the offline
+`epic`, `ispl` and `confusion`. A new sanitiser is one module here with a `Sanitizer` subclass
+registered by `@SANITIZERS.register(name, summary)`, imported below, and its knobs as a
+sub-config of `fedguard/config/sanitizer.py`.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from typing import Any
@@ -38,61 +43,25 @@ import torch
 from flwr.app import Context
 from torch import Tensor, nn
 
-Batch = tuple[Tensor, Tensor]
+from fedguard.sanitizers.base import (  # noqa: I001 (first: the sanitiser modules register into SANITIZERS)
+    CORRECTED, DROPPED, FLAGGED, FLAGGED_POISONED, GROUND_TRUTH_METRICS, MD, METRICS, POISONED, SANITIZERS, SECONDS,
+    STEPS, Batch, Sanitizer, zero_metrics)
 
-# reply MetricRecord keys every client sends (strategies/validation.py allows them)
-POISONED, FLAGGED, FLAGGED_POISONED = "stream-poisoned", "sanitizer-flagged", "sanitizer-flagged-poisoned"
-CORRECTED, STEPS, DROPPED, MD, SECONDS = ("sanitizer-corrected", "sanitizer-steps", "sanitizer-dropped",
-                                          "sanitizer-md", "sanitizer-s")
-METRICS = (POISONED, FLAGGED, FLAGGED_POISONED, CORRECTED, STEPS, DROPPED, MD, SECONDS)
-GROUND_TRUTH_METRICS = (POISONED, FLAGGED_POISONED)  # recorder only
+# Every sanitiser module, imported to fill SANITIZERS; this order is the order of the names.
+from fedguard.sanitizers import dsc  # noqa: F401
+from fedguard.sanitizers import epic  # noqa: F401
+from fedguard.sanitizers import ispl  # noqa: F401
+from fedguard.sanitizers import confusion  # noqa: F401
 
-
-def zero_metrics() -> dict[str, float | int]:
-    """The METRICS of a client that ran no sanitiser on a clean stream (e.g. a malicious one)."""
-    return {k: (0.0 if k in (MD, SECONDS) else 0) for k in METRICS}
-
-
-class Sanitizer:
-    """Base class and the `none` sanitiser: trains on the batches as they come."""
-
-    name = "none"
-    online = False  # True: sanitize() gets one batch right before its SGD step
-
-    def __init__(self) -> None:
-        self.stats: dict[str, float] = {}
-
-    def begin_round(self, model: nn.Module, context: Context, server_round: int) -> None:
-        self.stats = {CORRECTED: 0, STEPS: 0, DROPPED: 0, MD: 0.0}
-
-    def sanitize(self, model: nn.Module, batches: list[Batch], context: Context, server_round: int
-                 ) -> tuple[list[Batch], list[Tensor]]:
-        return list(batches), [torch.zeros(len(y), dtype=torch.bool, device=y.device) for _, y in batches]
-
-    def end_round(self, model: nn.Module, context: Context, server_round: int) -> dict[str, float]:
-        return dict(self.stats)
-
-
-SANITIZER_CLASSES = {  # name -> class (imported on use: torch-heavy modules stay unloaded)
-    "dsc": "fedguard.sanitizers.dsc.DSCSanitizer",
-    "epic": "fedguard.sanitizers.epic.EPICSanitizer",
-    "ispl": "fedguard.sanitizers.ispl.ISPLSanitizer",
-    "confusion": "fedguard.sanitizers.confusion.ConfusionSanitizer",
-}
+__all__ = ["CORRECTED", "DROPPED", "FLAGGED", "FLAGGED_POISONED", "GROUND_TRUTH_METRICS", "MD", "METRICS", "POISONED",
+           "SANITIZERS", "SECONDS", "STEPS", "Batch", "Sanitizer", "build_sanitizer", "record_fields",
+           "train_sanitized", "zero_metrics"]
 
 
 def build_sanitizer(cfg) -> Sanitizer:
     """The sanitiser `cfg.sanitizer.name` names (`none` when the config has no sanitizer)."""
     san = getattr(cfg, "sanitizer", None)
-    name = "none" if san is None else san.name
-    if name == "none":
-        return Sanitizer()
-    if name not in SANITIZER_CLASSES:
-        raise ValueError(f"unknown sanitizer {name!r}; allowed: none, {', '.join(SANITIZER_CLASSES)}")
-    module, class_name = SANITIZER_CLASSES[name].rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), class_name)
-    # a sanitiser that needs more than its own config node (confusion: the server's clean set)
-    return cls.from_full_config(cfg) if hasattr(cls, "from_full_config") else cls.from_config(san)
+    return Sanitizer() if san is None else SANITIZERS.get(san.name).from_full_config(cfg)
 
 
 def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch], poisoned: list[Tensor],

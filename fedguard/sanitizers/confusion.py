@@ -8,7 +8,7 @@ fits are suspects; a per-class Gaussian test on its features decides which are f
 
 Algorithm, after the reference code (Unispac/Fight-Poison-With-Poison: `ct_cleanser.py`,
 `confusion_training.py`), constants rescaled for a window of ~300-1024 samples on a CPU
-(`confusion_` config fields):
+(`sanitizer.confusion.*` config keys):
 
     base <- the round's global model (or, `warm_start`, this client's base of last time)
     D_0 <- the whole window
@@ -20,7 +20,7 @@ Algorithm, after the reference code (Unispac/Fight-Poison-With-Poison: `ct_clean
         clean batch with labels drawn anew at every step, (y + s) % C with one s uniform in
         1..C-1 per batch (`confusion_labels`); every `batch_factor`-th step the clean batch is
         joined by a batch of D_k and the loss is
-            ((lambda - 1) * CE(clean, wrong labels) + CE_w(D_k batch)) / lambda,
+            ((lambda - 1) * CE(clean, wrong labels) + CE_w(D_k batch)) / lambda   (lambda = `lam`),
         CE_w weighting each class by 1 / sqrt(its frequency in D_k + 0.001)
         (`class_balance_weights`; uniform in the last round); the other steps train on the
         clean batch alone.
@@ -88,7 +88,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedguard.models import exchanged_state
-from fedguard.sanitizers import STEPS, Batch
+from fedguard.sanitizers.base import SANITIZERS, STEPS, Batch
 from fedguard.sanitizers.window import WindowSanitizer
 
 WEIGHT_DECAY = 1e-4  # the reference's, both phases
@@ -99,15 +99,14 @@ WARM_KEY = "confusion-base"  # ArrayRecord of Context.state: the warm-start base
 
 
 # --------------------------------------------------------------------------- pure pieces
-def confusion_labels(y: Tensor, num_classes: int, generator: torch.Generator, per_batch: bool = True) -> Tensor:
+def confusion_labels(y: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
     """Wrong labels for a clean batch, drawn anew at every call with `generator`:
-    (y + s) % num_classes with s uniform in 1 .. num_classes-1, one s for the whole batch
-    (`per_batch`, the reference's scheme: a consistent permutation of the classes, a new one
-    each batch) or one per sample. Never the true label."""
+    (y + s) % num_classes with one s uniform in 1 .. num_classes-1 for the whole batch (the
+    reference's scheme: a consistent permutation of the classes, a new one each batch).
+    Never the true label."""
     if num_classes < 2:
         raise ValueError(f"confusion needs at least 2 classes, got {num_classes}")
-    n = 1 if per_batch else len(y)
-    shift = torch.randint(1, num_classes, (n,), generator=generator, device=generator.device)
+    shift = torch.randint(1, num_classes, (1,), generator=generator, device=generator.device)
     return (y + shift.to(y.device)) % num_classes
 
 
@@ -304,13 +303,13 @@ def load_exchanged(model: nn.Module, state: dict[str, Tensor]) -> bool:
 
 
 def clean_set_from_config(cfg, size: int | None = None) -> tuple[Tensor, Tensor]:
-    """The first `size` (default `cfg.sanitizer.confusion_clean_size`) samples of the server's
+    """The first `size` (default `cfg.sanitizer.confusion.clean_size`) samples of the server's
     clean validation split (`fedguard.data.sources.splits_from_config(cfg).val`), as
     (float32 x, int64 y) CPU tensors."""
     from fedguard.data.sources import splits_from_config  # local: lazy data loading
 
     if size is None:
-        size = int(cfg.sanitizer.confusion_clean_size)
+        size = int(cfg.sanitizer.confusion.clean_size)
     val = splits_from_config(cfg).val
     size = min(int(size), len(val))
     x = torch.from_numpy(np.ascontiguousarray(val.x[:size])).float()
@@ -319,6 +318,8 @@ def clean_set_from_config(cfg, size: int | None = None) -> tuple[Tensor, Tensor]
 
 
 # --------------------------------------------------------------------------- the sanitiser
+@SANITIZERS.register("confusion", "Confusion Training: flag the samples a model confused by randomly relabelled "
+                     "clean data still fits, per class (Qi et al., USENIX Security 2023)")
 class ConfusionSanitizer(WindowSanitizer):
     name = "confusion"
     state_key = "confusion"
@@ -328,7 +329,7 @@ class ConfusionSanitizer(WindowSanitizer):
                  lam: float = 10.0, batch_factor: int = 2, batch_size: int = 32, distill_first: float = 0.2,
                  distill_last: float = 0.05, prior_correction: bool = True, fit_prob: float = 0.5,
                  pca_dims: int = 2, cov_ridge: float = 1e-3, ratio_threshold: float = 2.0,
-                 max_ratio_threshold: float = 1.5, warm_start: bool = True, per_batch: bool = True,
+                 max_ratio_threshold: float = 1.5, warm_start: bool = True,
                  clean: tuple[Tensor, Tensor] | None = None):
         super().__init__(window, every)
         if rounds < 1 or iters < 0 or pretrain_steps < 0 or batch_size < 1 or batch_factor < 1:
@@ -342,7 +343,6 @@ class ConfusionSanitizer(WindowSanitizer):
         self.pca_dims, self.cov_ridge = int(pca_dims), float(cov_ridge)
         self.ratio_threshold, self.max_ratio_threshold = float(ratio_threshold), float(max_ratio_threshold)
         self.prior_correction, self.fit_prob = bool(prior_correction), float(fit_prob)
-        self.per_batch = bool(per_batch)
         self.warm_start = bool(warm_start)
         self.warm_state: dict[str, Tensor] | None = None  # the pretrained base of the last select
         self.clean = clean  # (x, y): a small clean set; the ClientApp sets it (clean_set_from_config)
@@ -352,21 +352,19 @@ class ConfusionSanitizer(WindowSanitizer):
     def from_config(cls, san) -> ConfusionSanitizer:
         """From the `sanitizer` node alone: `clean` stays None and must be set before use
         (`clean_set_from_config`), or use `from_full_config`."""
+        c = san.confusion
         return cls(
-            window=san.window, every=san.every, clean_size=san.confusion_clean_size, rounds=san.confusion_rounds,
-            pretrain_steps=san.confusion_pretrain_steps, pretrain_lr=san.confusion_pretrain_lr,
-            iters=san.confusion_iters, lr=san.confusion_lr, lam=san.confusion_lambda,
-            batch_factor=san.confusion_batch_factor, batch_size=san.confusion_batch_size,
-            distill_first=san.confusion_distill_first, distill_last=san.confusion_distill_last,
-            prior_correction=san.confusion_prior_correction, fit_prob=san.confusion_fit_prob,
-            pca_dims=san.confusion_pca_dims, cov_ridge=san.confusion_cov_ridge,
-            ratio_threshold=san.confusion_ratio_threshold, max_ratio_threshold=san.confusion_max_ratio_threshold,
-            warm_start=san.confusion_warm_start)
+            window=san.window, every=san.every, clean_size=c.clean_size, rounds=c.rounds,
+            pretrain_steps=c.pretrain_steps, pretrain_lr=c.pretrain_lr, iters=c.iters, lr=c.lr, lam=c.lam,
+            batch_factor=c.batch_factor, batch_size=c.batch_size, distill_first=c.distill_first,
+            distill_last=c.distill_last, prior_correction=c.prior_correction, fit_prob=c.fit_prob,
+            pca_dims=c.pca_dims, cov_ridge=c.cov_ridge, ratio_threshold=c.ratio_threshold,
+            max_ratio_threshold=c.max_ratio_threshold, warm_start=c.warm_start)
 
     @classmethod
     def from_full_config(cls, cfg) -> ConfusionSanitizer:
         """From the whole run config: `from_config(cfg.sanitizer)` with its clean set, the first
-        `confusion_clean_size` samples of the server's validation split."""
+        `sanitizer.confusion.clean_size` samples of the server's validation split."""
         san = cls.from_config(cfg.sanitizer)
         san.clean = clean_set_from_config(cfg, san.clean_size)
         return san
@@ -431,7 +429,7 @@ class ConfusionSanitizer(WindowSanitizer):
             if not clean_batches:
                 clean_batches = self._epoch_batches(len(yc), self.batch_size, gen)
             cb = clean_batches.pop(0).to(yc.device)
-            xs, ys = xc[cb], confusion_labels(yc[cb], num_classes, gen, self.per_batch)
+            xs, ys = xc[cb], confusion_labels(yc[cb], num_classes, gen)
             opt.zero_grad(set_to_none=True)
             if it % self.batch_factor == 0 and len(y):
                 if not win_batches:

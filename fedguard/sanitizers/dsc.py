@@ -50,8 +50,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from fedguard.defense.md import _eval_mode, md_per_sample, unflatten_state
+from fedguard.defense.thresholds import schedule_threshold
 from fedguard.models import exchanged_state
-from fedguard.sanitizers import CORRECTED, DROPPED, MD, STEPS, Batch, Sanitizer
+from fedguard.sanitizers.base import CORRECTED, DROPPED, MD, SANITIZERS, STEPS, Batch, Sanitizer
 
 STATE_KEY = "dsc"  # ConfigRecord: t, rounds of the stored snapshots
 HISTORY_KEY = "dsc-history"  # ArrayRecord: the snapshots, oldest first
@@ -64,11 +65,6 @@ class DSCResult:
     md_before: float  # batch-mean MD of the original batch
     md_after: float  # batch-mean MD of the returned batch
     md_samples: Tensor  # per-sample MD of the returned batch
-
-
-def dsc_threshold(t: int, tau0: float = 0.5, slope: float = 0.02) -> float:
-    """The paper's schedule: tau0 + slope * t."""
-    return float(tau0 + slope * t)
 
 
 def flat_params(model: nn.Module) -> Tensor:
@@ -107,6 +103,8 @@ def dsc_correct(model: nn.Module, hist_params: Tensor, x: Tensor, y: Tensor, thr
     return DSCResult(xa.detach(), taken, before, float(per_sample.mean()), per_sample)
 
 
+@SANITIZERS.register("dsc", "the paper's discrepancy-aware correction of each batch before its SGD step "
+                     "(Zhu et al., ICML 2023)")
 class DSCSanitizer(Sanitizer):
     name = "dsc"
     online = True
@@ -129,8 +127,9 @@ class DSCSanitizer(Sanitizer):
 
     @classmethod
     def from_config(cls, san) -> DSCSanitizer:
-        return cls(san.eps, san.step, san.steps, san.tau0, san.slope, san.history_lag, san.drop_above,
-                   san.dsc_start_round, san.skip_uncorrected, san.history_round)
+        d = san.dsc
+        return cls(d.eps, d.step, d.steps, d.tau0, d.slope, d.history_lag, d.drop_above, d.start_round,
+                   d.skip_uncorrected, d.history_round)
 
     # ------------------------------------------------------------------ Context.state
     @staticmethod
@@ -170,7 +169,7 @@ class DSCSanitizer(Sanitizer):
         self._mds = []
 
     def threshold(self, t: int) -> float:
-        return dsc_threshold(t, self.tau0, self.slope)
+        return schedule_threshold(t, self.tau0, self.slope)
 
     def sanitize(self, model: nn.Module, batches: list[Batch], context: Context, server_round: int
                  ) -> tuple[list[Batch], list[Tensor]]:

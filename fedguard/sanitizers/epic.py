@@ -1,20 +1,20 @@
 """EPIC (Yang, Liu, Mirzasoleiman, "Not All Poisons are Created Equal", ICML 2022), run by a
-client on a window of its own stream (`sanitizers/window.py`).
+client on a window of its own stream (`sanitizers/window.py`); its knobs are `sanitizer.epic.*`.
 
 The paper's observation: the poisons that actually work end up isolated in gradient space,
 away from the clean samples of the class they are labelled with. Each time it runs (every
-`every` participations, from server round `epic_start_round` on), with the global model just
+`every` participations, from server round `start_round` on), with the global model just
 received in eval mode:
 
     g_i = softmax(z_i) - onehot(y_i)          per-sample logit gradient of the CE loss (proxy)
-    for every class c with n_c >= epic_min_class samples in the window:
+    for every class c with n_c >= min_class samples in the window:
         D = Euclidean distances between the g_i of class c            (n_c x n_c)
         sim = max(D) - D                                              (>= 0)
-        k_c = max(1, round_half_up(epic_fraction * n_c))   (capped at n_c)
+        k_c = max(1, round_half_up(fraction * n_c))   (capped at n_c)
         S = greedy facility location: k_c times add the sample j maximising
             F(S + j) = sum_i max_{m in S + j} sim(i, m)               (F(empty) = 0)
         every sample of the class joins its nearest medoid (ties: the earlier-picked one)
-        flag the samples of every cluster of size <= epic_max_cluster (unless it is the
+        flag the samples of every cluster of size <= max_cluster (unless it is the
         whole class: a class in one cluster has nothing to be isolated from)
 
 Flagged samples are dropped for good (`permanent`: the paper drops them from the training set
@@ -25,7 +25,7 @@ non-IID windows (the reference code sizes classes from their share of the data b
 cluster ids by class * budget, as if every class had the same budget: here every class gets
 its own id range `offset_c .. offset_c + k_c - 1`, offsets the running sum of the budgets).
 The paper's subset sizes (0.1-0.3 of 50k samples) are fractions, so they carry over to a
-1024-sample window unchanged: the mean cluster size is 1 / epic_fraction either way.
+1024-sample window unchanged: the mean cluster size is 1 / fraction either way.
 
 Departures from the reference code (github YuYang0901/EPIC), deliberate:
 - budgets: round-half-up per class, deterministic (the reference takes the ceiling of each
@@ -37,15 +37,15 @@ Departures from the reference code (github YuYang0901/EPIC), deliberate:
   order, so the constant is immaterial;
 - assignment: every sample joins its nearest medoid (the reference leaves samples with zero
   similarity to every medoid, i.e. at the class's largest distance, unassigned: dropped);
-- a cluster that is its whole class is never dropped, and classes under `epic_min_class`
+- a cluster that is its whole class is never dropped, and classes under `min_class`
   are skipped (below).
 
-Small classes. A class with fewer than `epic_min_class` samples in the window (default 3) is
+Small classes. A class with fewer than `min_class` samples in the window (default 3) is
 left alone: with one sample it is trivially an isolated cluster, and dropping it would delete
 the rare honest classes of a non-IID client rather than poisons.
 
 Warm-up. The paper starts dropping only after some epochs (`--drop_after`): the gradients of
-an untrained model say nothing about the data. Before server round `epic_start_round` the
+an untrained model say nothing about the data. Before server round `start_round` the
 sanitiser selects nothing (the window still fills; the base class counts those
 participations as runs).
 
@@ -58,7 +58,7 @@ optimised poisons of the paper). Dirty-label poisons at a few percent of a windo
 blend, label flips) come in groups: every poison of one (true class, label) pair has nearly
 the same proxy (~ onehot(true) - onehot(label) while the model has not learnt the poison), so
 a 1024-sample window at 5% holds groups of ~5; they form clusters of several members that
-survive epic_max_cluster = 1 (a larger epic_max_cluster catches them, at the price of the
+survive max_cluster = 1 (a larger max_cluster catches them, at the price of the
 clean samples in small clusters). Once the global model has learnt a backdoor its poisons sit
 with the clean samples of the target class and nothing here separates them.
 """
@@ -74,6 +74,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedguard.defense.md import _eval_mode
+from fedguard.sanitizers.base import SANITIZERS
 from fedguard.sanitizers.window import WindowSanitizer
 
 _CHUNK = 512  # forward pass over the window this many samples at a time
@@ -175,6 +176,8 @@ def small_clusters(cluster: Tensor, y: Tensor, max_size: int) -> Tensor:
     return flags
 
 
+@SANITIZERS.register("epic", "EPIC: drop the samples isolated in logit-gradient space, per class, from the "
+                     "stream window (Yang et al., ICML 2022)")
 class EPICSanitizer(WindowSanitizer):
     name = "epic"
     state_key = "epic"
@@ -193,8 +196,8 @@ class EPICSanitizer(WindowSanitizer):
 
     @classmethod
     def from_config(cls, san) -> EPICSanitizer:
-        return cls(san.window, san.every, san.epic_fraction, san.epic_max_cluster, san.epic_min_class,
-                   san.epic_start_round)
+        e = san.epic
+        return cls(san.window, san.every, e.fraction, e.max_cluster, e.min_class, e.start_round)
 
     def begin_round(self, model: nn.Module, context: Context, server_round: int) -> None:
         super().begin_round(model, context, server_round)

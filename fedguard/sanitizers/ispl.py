@@ -86,7 +86,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedguard.defense.md import _eval_mode
-from fedguard.sanitizers import STEPS
+from fedguard.sanitizers.base import SANITIZERS, STEPS
 from fedguard.sanitizers.window import WindowSanitizer
 
 LOSS_DECAY = 0.9  # reference: per-sample loss EMA m <- 0.9 m + 0.1 loss
@@ -259,6 +259,8 @@ class WeakLearner:
 
 
 # --------------------------------------------------------------------------- the sanitiser
+@SANITIZERS.register("ispl", "incompatibility clustering: weak learners of self-compatible subsets vote out "
+                     "mislabelled samples of the stream window (Jin et al., ICLR 2023)")
 class ISPLSanitizer(WindowSanitizer):
     name = "ispl"
     state_key = "ispl"
@@ -279,9 +281,9 @@ class ISPLSanitizer(WindowSanitizer):
 
     @classmethod
     def from_config(cls, san) -> ISPLSanitizer:
-        return cls(san.window, san.every, san.ispl_bags, san.ispl_clusters, san.ispl_cluster_frac,
-                   san.ispl_expansion, san.ispl_min_active, san.ispl_min_per_class, san.ispl_min_votes,
-                   san.ispl_min_share, san.ispl_steps, san.ispl_lr, san.ispl_spl_iters)
+        i = san.ispl
+        return cls(san.window, san.every, i.bags, i.clusters, i.cluster_frac, i.expansion, i.min_active,
+                   i.min_per_class, i.min_votes, i.min_share, i.steps, i.lr, i.spl_iters)
 
     def _learner(self, f: Tensor, num_classes: int) -> WeakLearner:
         return WeakLearner(f.shape[1], num_classes, self.lr, f.device)

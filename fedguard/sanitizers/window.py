@@ -26,7 +26,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from torch import Tensor, nn
 
-from fedguard.sanitizers import DROPPED, Batch, Sanitizer
+from fedguard.sanitizers.base import DROPPED, Batch, Sanitizer
 
 Fetch = Callable[[np.ndarray], tuple[Tensor, Tensor]]  # pool ids -> (x, y) as the stream gives them
 

@@ -1,0 +1,113 @@
+"""The `attack` group: what the `num_malicious` clients do (`fedguard.attacks.ATTACKS`), their
+schedule, and the knobs of each attack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import get_args
+
+from fedguard.attacks import ATTACKS
+from fedguard.attacks.backdoor import TRIGGER_TYPES
+from fedguard.attacks.objectives import TriggerMode
+from fedguard.config.errors import check_name, fail
+
+ATTACK_FORMS = ("update", "data")
+ACCUMULATE_AGAINST = ("clean", "crafted")
+TRIGGER_MODES = get_args(TriggerMode)  # sgd | reverse | val_ascent
+
+
+@dataclass
+class AttackConfig:
+    """Client-side attacks, run by the `num_malicious` clients `attacks.malicious_ids` picks.
+
+    Every attack follows one schedule (`attacks.AttackPlan`): honest until the accumulate
+    phase, attacking in the accumulate rounds and the trigger round, then honest again if
+    `honest_after` (the baselines set it false: they attack from round burn_in+1 on).
+    """
+    name: str = "none"  # an attack of fedguard.attacks.ATTACKS
+    form: str = "update"  # accumulative: update (crafted update) | data (poisoned batches, trained on)
+    burn_in: int = 0  # minimum clean rounds before accumulating
+    accumulate_rounds: int = 0  # 0 = the trigger alone
+    trigger_round: int | None = None  # None -> burn_in + accumulate_rounds + 1
+    honest_after: bool = True
+    sign: int = -1  # accumulation direction sign*grad cos(g_trigger, g_val); -1 pairs with sgd
+    trigger_mode: str = "sgd"  # sgd | reverse | val_ascent
+    norm_bound: float = 1.0  # trigger update norm, as a multiple of the honest update norm
+    trigger_steps: int | None = None  # SGD steps on the trigger batch (both forms); null -> local_steps (1 = trained on once)
+    accumulate_norm: float = 1.0  # accumulate update norm, as a multiple of the honest update norm
+    eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
+    steps: int = 2  # data form: signed-gradient steps per poisoned batch
+    # data form: the trigger batch the accumulation aligns against: clean (the batch as drawn) |
+    # crafted (the optimised trigger for the current model, the batch the trigger round trains on)
+    accumulate_against: str = "clean"
+    val_batch: int = 32  # attacker's held-out batch, carved from its own partition
+    # accumulative, both forms: stop accumulating (reply honestly for the rest of the accumulate
+    # phase; the trigger still fires) once the attacker's held-out accuracy of the global model it
+    # receives falls more than this below its accuracy at the start of accumulation. null = never stop
+    stealth_drop: float | None = None
+    scale: float = 10.0  # scaling: reply global + scale * honest update
+    noise_std: float = 1.0  # gaussian: reply global + N(0, noise_std^2) on every parameter
+    # backdoor (fedguard/attacks/backdoor.py)
+    target_label: int = 0  # triggered samples are relabelled to this class
+    poison_fraction: float = 0.5  # share of each malicious batch stamped and relabelled
+    trigger_type: str = "patch"  # patch (BadNets white square, bottom-right) | blend (seeded random pattern)
+    patch_size: int = 3  # patch side in pixels (vectors: the last patch_size features)
+    blend_alpha: float = 0.2  # blend: x <- (1 - alpha) x + alpha pattern
+    boost: float = 1.0  # model replacement: reply global + boost * (trained - global); 1 = none
+    # omniscient, server-side (strategies/omniscient.py)
+    alie_z: float | None = None  # alie: mean - z * std; null -> Baruch et al.'s z from n and f
+    ipm_eps: float = 0.5  # ipm: reply global - ipm_eps * mean honest update
+
+
+def validate_attack(a) -> None:
+    """The attack's own values; the schedule against `rounds` and the target label against the
+    dataset are cross-group checks (`fedguard.config.validate`)."""
+    check_name("attack", a.name, ATTACKS)
+    if a.form not in ATTACK_FORMS:
+        fail("attack.form", a.form, ", ".join(ATTACK_FORMS))
+    if a.trigger_mode not in TRIGGER_MODES:
+        fail("attack.trigger_mode", a.trigger_mode, ", ".join(TRIGGER_MODES))
+    if a.accumulate_against not in ACCUMULATE_AGAINST:
+        fail("attack.accumulate_against", a.accumulate_against, ", ".join(ACCUMULATE_AGAINST))
+    if a.form == "data" and a.trigger_mode != "sgd":
+        fail("attack.trigger_mode", a.trigger_mode, "sgd with attack.form=data (the victim trains on the data)")
+    if a.sign not in (-1, 1):
+        fail("attack.sign", a.sign, "-1 or 1")
+    for key in ("burn_in", "accumulate_rounds"):
+        if a[key] < 0:
+            fail(f"attack.{key}", a[key], "an integer >= 0")
+    for key in ("steps", "val_batch"):
+        if a[key] < 1:
+            fail(f"attack.{key}", a[key], "an integer >= 1")
+    if a.trigger_steps is not None and a.trigger_steps < 1:
+        fail("attack.trigger_steps", a.trigger_steps, "an integer >= 1, or null for local_steps")
+    for key in ("norm_bound", "accumulate_norm"):
+        if a[key] <= 0:
+            fail(f"attack.{key}", a[key], "a positive multiple of the honest update norm")
+    for key in ("eps", "noise_std"):
+        if a[key] < 0:
+            fail(f"attack.{key}", a[key], "a value >= 0")
+    if a.stealth_drop is not None and not a.stealth_drop > 0:
+        fail("attack.stealth_drop", a.stealth_drop, "an accuracy drop > 0 (a fraction), or null to never stop")
+    _validate_backdoor(a)
+    _validate_omniscient(a)
+
+
+def _validate_backdoor(a) -> None:
+    if a.trigger_type not in TRIGGER_TYPES:
+        fail("attack.trigger_type", a.trigger_type, ", ".join(TRIGGER_TYPES))
+    if not 0.0 < a.poison_fraction <= 1.0:
+        fail("attack.poison_fraction", a.poison_fraction, "a fraction in (0, 1]")
+    if a.patch_size < 1:
+        fail("attack.patch_size", a.patch_size, "an integer >= 1")
+    if not 0.0 < a.blend_alpha <= 1.0:
+        fail("attack.blend_alpha", a.blend_alpha, "a weight in (0, 1]")
+    if a.boost <= 0:
+        fail("attack.boost", a.boost, "a positive factor (1 = no model replacement)")
+
+
+def _validate_omniscient(a) -> None:
+    if a.alie_z is not None and a.alie_z < 0:
+        fail("attack.alie_z", a.alie_z, "a value >= 0, or null for Baruch et al.'s z from n and f")
+    if a.ipm_eps <= 0:
+        fail("attack.ipm_eps", a.ipm_eps, "a positive factor")

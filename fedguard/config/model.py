@@ -1,0 +1,18 @@
+"""The `model` group: which architecture (`fedguard.models.MODELS`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedguard.config.errors import check_name
+from fedguard.models import MODELS
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: int = 128  # mlp, cnn: width of the dense layers
+
+
+def validate_model(model) -> None:
+    check_name("model", model.name, MODELS)
