@@ -31,13 +31,16 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Two conv blocks and two dense layers (the usual MNIST CNN of the FL literature)."""
+    """Two conv blocks and two dense layers (the usual MNIST CNN of the FL literature);
+    `batch_norm` puts a BatchNorm after each convolution (`model=cnn_bn`)."""
 
-    def __init__(self, in_channels: int, side: int, num_classes: int, hidden: int = 128):
+    def __init__(self, in_channels: int, side: int, num_classes: int, hidden: int = 128, batch_norm: bool = False):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            norm = [nn.BatchNorm2d(cout)] if batch_norm else []
+            return [nn.Conv2d(cin, cout, 3, padding=1), *norm, nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(in_channels, 32), *block(32, 64))
         flat = 64 * (side // 4) ** 2
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(),
                                   nn.Linear(hidden, num_classes))
@@ -94,6 +97,13 @@ def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Modu
 def _cnn(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
     channels, side, _ = _image_shape("cnn", input_shape)
     return CNN(channels, side, num_classes, hidden)
+
+
+@MODELS.register("cnn_bn", "the cnn with BatchNorm after each convolution (running statistics are exchanged "
+                           "with the weights)")
+def _cnn_bn(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+    channels, side, _ = _image_shape("cnn_bn", input_shape)
+    return CNN(channels, side, num_classes, hidden, batch_norm=True)
 
 
 @MODELS.register("resnet18", "ResNet-18 with a 3x3 stem and BatchNorm, for 32x32 images")

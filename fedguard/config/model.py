@@ -11,7 +11,7 @@ from fedguard.models import MODELS
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    hidden: int = 128  # mlp, cnn: width of the dense layers
+    hidden: int = 128  # mlp, cnn, cnn_bn: width of the dense layers
 
 
 def validate_model(model) -> None:
