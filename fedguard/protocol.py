@@ -39,6 +39,8 @@ ATTACK_STOPPED, ATTACK_VAL_ACC = "attack-stopped", "attack-val-acc"  # accumulat
 # --- Context.state record names
 STREAM_STATE = "stream"  # ConfigRecord: the stream cursor
 ATTACK_STATE = "attack"  # ConfigRecord: the accumulative attack's stealth rule
+ATTACK_MOMENTUM = "attack-momentum"  # ArrayRecord: attack.keep_momentum, the learner's SGD momentum (not echoed)
+ATTACK_TRIGGER = "attack-trigger"  # ArrayRecord: accumulate_against=fixed, the trigger crafted once (not echoed)
 DSC_STATE = "dsc"  # ConfigRecord: DSC's online step count, rounds of the stored snapshots
 DSC_HISTORY = "dsc-history"  # ArrayRecord: DSC's historical models (not echoed)
 WINDOW_STATE = "window"  # ConfigRecord: a window sanitiser's ids, removed ids, counters

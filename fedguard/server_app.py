@@ -51,6 +51,7 @@ from fedguard.recorder import Recorder
 from fedguard.runtime import ray_resources
 from fedguard.sampling import sample_partitions, sampled_count
 from fedguard.sanitizers import record_fields
+from fedguard.training import pretrain
 from strategies import RoundNotes, build_strategy
 
 app = ServerApp()
@@ -107,6 +108,9 @@ def start(grid: Grid, cfg: DictConfig) -> Run:
     data = splits_from_config(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
+    if cfg.pretrain_epochs:  # a burned-in initial model (the same every run of this config and seed)
+        pretrain(model, data.pool.x, data.pool.y, cfg.pretrain_epochs, cfg.lr, cfg.momentum, cfg.batch_size,
+                 cfg.seed, device)
     ckpt, resume_round = None, None
     if cfg.resume:
         run_dir = Path(cfg.resume)

@@ -9,15 +9,25 @@ from torch.nn import functional as F
 
 
 def sgd_steps(model: nn.Module, batches, lr: float, momentum: float, device: torch.device,
-              prepare=None) -> float:
+              prepare=None, buffers: list | None = None) -> float:
     """One SGD step per (x, y) batch; returns the mean training loss (nan without a step).
+
+    `buffers`, when given, is the optimizer's momentum state carried between calls (one
+    entry per parameter, None before its first step): loaded before the steps and replaced
+    by the state after them, so successive calls are one SGD optimizer (an online learner).
+    Without it every call starts a fresh optimizer.
 
     `prepare(model, i, x, y) -> (x, y)`, when given, transforms batch `i` (already on `device`)
     right before its step, with the model as it is then (an online sanitiser, e.g. DSC; it
     must leave the model in train mode); an empty result skips the step.
     """
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if buffers:
+        for p, buf in zip(params, buffers):
+            if buf is not None:
+                opt.state[p]["momentum_buffer"] = buf.to(p.device).clone()
     losses = []
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -30,4 +40,21 @@ def sgd_steps(model: nn.Module, batches, lr: float, momentum: float, device: tor
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    if buffers is not None:
+        buffers[:] = [opt.state[p].get("momentum_buffer") for p in params]
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def pretrain(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, momentum: float,
+             batch_size: int, seed: int, device: torch.device) -> None:
+    """Central SGD on (x, y) for `epochs` epochs (one optimizer, batches of a seeded shuffle per
+    epoch; the last partial batch is kept): the burned-in initial model of `pretrain_epochs`."""
+    rng = np.random.default_rng([int(seed), 0x70726574])  # "pret"
+    model.to(device)
+    batches = []
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        batches += [(torch.from_numpy(x[order[i:i + batch_size]]), torch.from_numpy(y[order[i:i + batch_size]]))
+                    for i in range(0, len(y), batch_size)]
+    sgd_steps(model, batches, lr, momentum, device)
+    model.cpu()

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import Tensor, nn
 
 from fedguard.attacks.craft import AttackData, AttackRound, Crafted, flat_model
@@ -43,7 +43,7 @@ from fedguard.attacks.objectives import (
 )
 from fedguard.attacks.plan import attack_plan
 from fedguard.attacks.registries import ATTACKS
-from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_VAL_ACC
+from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_TRIGGER, ATTACK_VAL_ACC
 
 
 @ATTACKS.register("accumulative", "Pang et al. 2021: stealthy poisoned rounds that precondition the model, "
@@ -62,21 +62,40 @@ def accumulative(r: AttackRound) -> Crafted:
         steps = a.trigger_steps if a.trigger_steps is not None else cfg.local_steps
         u = trigger_update(model, params, xt, yt, xv, yv, mode=a.trigger_mode, lr=cfg.lr, steps=steps)
         return r.done(to_exchanged(model, scale_to_norm(u, a.norm_bound * ref), params))
+    if a.accumulate_against == "fixed":  # the reference's protocol: one trigger, crafted once, throughout
+        x_fixed = fixed_trigger(r, lambda: perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps,
+                                                           sign=a.sign))
     if r.phase == "accumulate":  # data form: train on poisoned copies of the stream batches
         if a.accumulate_against == "crafted":  # the trigger the trigger round will train on, for this model
             xt = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
+        elif a.accumulate_against == "fixed":
+            xt = x_fixed
         d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
         batches = [(perturb_batch(model, params, x.to(device), y.to(device), xt, yt, xv, yv, eps=a.eps,
                                   steps=a.steps, sign=a.sign, direction=d), y)
                    for x, y in data.batches]
     else:  # the optimised trigger batch, trained on `trigger_steps` times (null: a whole local round)
-        x_trig = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
+        x_trig = x_fixed if a.accumulate_against == "fixed" else perturb_trigger(
+            model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
         batches = [(x_trig, yt)] * (a.trigger_steps if a.trigger_steps is not None else cfg.local_steps)
     if r.train_poisoned is None:
         trained, loss = r.train_copy(batches)
         return r.done(flat_model(trained) - r.global_flat, loss, trained)
-    trained, loss, metrics = r.train_poisoned(batches, poisoned=True)
+    trained, loss, metrics = r.train_poisoned(batches, poisoned=True, buffers=r.buffers)
     return replace(r.done(flat_model(trained) - r.global_flat, loss, trained), metrics=metrics)
+
+
+def fixed_trigger(r: AttackRound, craft_now) -> Tensor:
+    """`accumulate_against=fixed`: the trigger batch crafted once, at the model of the first
+    attacking round (`craft_now()`), and kept in Context.state (`protocol.ATTACK_TRIGGER`)
+    for the accumulation to align against and the trigger round to train on."""
+    record = r.state.array_records.get(ATTACK_TRIGGER) if r.state is not None else None
+    if record is not None:
+        return torch.from_numpy(record["x"].numpy().copy()).to(r.device)
+    x = craft_now().detach()
+    if r.state is not None:
+        r.state[ATTACK_TRIGGER] = ArrayRecord({"x": Array(x.cpu().numpy())})
+    return x
 
 
 # ------------------------------------------------------------------------------- stealth

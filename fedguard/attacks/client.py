@@ -95,13 +95,14 @@ def malicious_train(cfg, msg: Message, context: Context, model: nn.Module, parti
     stopped = stealth_stopped(cfg, context, server_round, model, data, device)
     train_poisoned = None
     if cfg.attack.name == "accumulative" and cfg.attack.form == "data" and cfg.sanitizer.name != "none":
-        def train_poisoned(batches, poisoned: bool):
+        def train_poisoned(batches, poisoned: bool, buffers: list | None = None):
             trained = copy.deepcopy(model)
             truth = [torch.full((len(y),), poisoned) for _, y in batches]  # crafted: every sample
             loss, _, metrics = train_sanitized(build_sanitizer(cfg), trained, batches, truth, context,
-                                               server_round, cfg.lr, cfg.momentum, device)
+                                               server_round, cfg.lr, cfg.momentum, device, buffers=buffers)
             return trained, loss, metrics
-    crafted = craft(cfg, server_round, model, data, device, num_classes, partition_id, stopped, train_poisoned)
+    crafted = craft(cfg, server_round, model, data, device, num_classes, partition_id, stopped, train_poisoned,
+                    state=context.state)
     if crafted.trained is not None:
         arrays = model_to_arrays(crafted.trained)
     else:

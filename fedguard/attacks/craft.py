@@ -24,11 +24,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+from flwr.app import Array, ArrayRecord, RecordDict
 from torch import Tensor, nn
 
 from fedguard.attacks.plan import attack_plan
 from fedguard.attacks.registries import ATTACKS
 from fedguard.models import exchanged_state, flat_from_arrays, model_to_arrays
+from fedguard.protocol import ATTACK_MOMENTUM
 from fedguard.training import sgd_steps
 
 
@@ -68,14 +70,30 @@ def param_mask(model: nn.Module) -> Tensor:
                       for k, v in exchanged_state(model).items()])
 
 
-def train_copy(model: nn.Module, batches, cfg, device) -> tuple[nn.Module, float]:
-    """(a copy of `model` after local SGD on `batches`, its mean loss); `model` is left unchanged."""
+def train_copy(model: nn.Module, batches, cfg, device, buffers: list | None = None) -> tuple[nn.Module, float]:
+    """(a copy of `model` after local SGD on `batches`, its mean loss); `model` is left unchanged.
+    `buffers`: the momentum state carried between rounds (`training.sgd_steps`), updated."""
     trained = copy.deepcopy(model)
-    loss = sgd_steps(trained, batches, cfg.lr, cfg.momentum, device)
+    loss = sgd_steps(trained, batches, cfg.lr, cfg.momentum, device, buffers=buffers)
     return trained, loss
 
 
-# train_poisoned(batches, poisoned) -> (trained copy, loss, sanitiser METRICS); see `craft`
+def load_buffers(state: RecordDict | None, model: nn.Module) -> list:
+    """`attack.keep_momentum`: the learner's momentum buffers kept in Context.state (one per
+    parameter, None before its first step; all None at the first round)."""
+    record = state.array_records.get(ATTACK_MOMENTUM) if state is not None else None
+    n = len(list(model.parameters()))
+    if record is None:
+        return [None] * n
+    return [torch.from_numpy(record[str(i)].numpy().copy()) if str(i) in record else None for i in range(n)]
+
+
+def save_buffers(state: RecordDict, buffers: list) -> None:
+    state[ATTACK_MOMENTUM] = ArrayRecord({str(i): Array(b.detach().cpu().numpy())
+                                          for i, b in enumerate(buffers) if b is not None})
+
+
+# train_poisoned(batches, poisoned, buffers=None) -> (trained copy, loss, sanitiser METRICS); see `craft`
 TrainPoisoned = Callable[..., tuple[nn.Module, float, dict]]
 
 
@@ -96,6 +114,8 @@ class AttackRound:
     honest_loss: float
     mask: Tensor  # `param_mask(model)`
     train_poisoned: TrainPoisoned | None = None  # data form with a sanitiser (see `craft`)
+    state: RecordDict | None = None  # the client's Context.state (what an attack keeps across rounds)
+    buffers: list | None = None  # attack.keep_momentum: the learner's momentum, advanced by train_copy
 
     def done(self, update: Tensor, loss: float | None = None, trained: nn.Module | None = None) -> Crafted:
         """The `Crafted` of this round (`loss` defaults to the honest loss)."""
@@ -103,32 +123,44 @@ class AttackRound:
                        self.phase, True, trained)
 
     def train_copy(self, batches) -> tuple[nn.Module, float]:
-        """`train_copy` of the global model on `batches` with the run's lr and momentum."""
-        return train_copy(self.model, batches, self.cfg, self.device)
+        """`train_copy` of the global model on `batches` with the run's lr and momentum (and,
+        with `attack.keep_momentum`, the learner's momentum carried from its earlier rounds)."""
+        return train_copy(self.model, batches, self.cfg, self.device, self.buffers)
 
 
 def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: torch.device,
           num_classes: int, partition_id: int = 0, stopped: bool = False,
-          train_poisoned: TrainPoisoned | None = None) -> Crafted:
+          train_poisoned: TrainPoisoned | None = None, state: RecordDict | None = None) -> Crafted:
     """The malicious client's update for `server_round`. `model` holds the global weights
     on `device` and is left unchanged. `stopped` (the stealth rule fired, see
     `attacks.accumulative.stealth_step`) makes an accumulate round honest.
     `train_poisoned(batches, poisoned) -> (trained copy, loss, metrics)`, given for the data
     form with a sanitiser, trains the client's batches (the poisoned ones, and the clean ones
-    of its honest rounds) through it; without it the data form trains by plain local SGD."""
+    of its honest rounds) through it; without it the data form trains by plain local SGD.
+    `state` is the client's Context.state; with `attack.keep_momentum` the momentum of the
+    training the reply comes from is kept there between rounds (one optimizer over the run)."""
     plan = attack_plan(cfg)
     phase, attacking = plan.phase(server_round), plan.attacking(server_round)
     if stopped and phase == "accumulate":
         attacking = False
     global_flat = flat_model(model)
+    buffers = load_buffers(state, model) if cfg.attack.keep_momentum else None
     if not attacking and train_poisoned is not None:  # a sanitising learner: every batch through its sanitiser
-        trained, loss, metrics = train_poisoned(data.batches, poisoned=False)
-        update = flat_model(trained) - global_flat
-        return Crafted(update, update, float(loss), phase, attacking, trained, metrics)
-    honest, honest_loss = train_copy(model, data.batches, cfg, device)
-    honest_update = flat_model(honest) - global_flat
-    if not attacking:
-        return Crafted(honest_update, honest_update, float(honest_loss), phase, attacking, honest)
-    attack = ATTACKS.get(cfg.attack.name)  # filled by the package: `import fedguard.attacks` imports every attack
-    return attack(AttackRound(cfg, server_round, model, data, device, num_classes, partition_id, phase,
-                              global_flat, honest, honest_update, honest_loss, param_mask(model), train_poisoned))
+        trained, loss, metrics = train_poisoned(data.batches, poisoned=False, buffers=buffers)
+        crafted = Crafted(flat_model(trained) - global_flat, flat_model(trained) - global_flat, float(loss), phase,
+                          attacking, trained, metrics)
+    else:
+        # in an attacking round the honest copy is only a reference: it does not advance the momentum
+        honest_buffers = list(buffers) if buffers is not None and attacking else buffers
+        honest, honest_loss = train_copy(model, data.batches, cfg, device, honest_buffers)
+        honest_update = flat_model(honest) - global_flat
+        if not attacking:
+            crafted = Crafted(honest_update, honest_update, float(honest_loss), phase, attacking, honest)
+        else:
+            attack = ATTACKS.get(cfg.attack.name)  # filled by the package: `import fedguard.attacks` imports them all
+            crafted = attack(AttackRound(cfg, server_round, model, data, device, num_classes, partition_id, phase,
+                                         global_flat, honest, honest_update, honest_loss, param_mask(model),
+                                         train_poisoned, state, buffers))
+    if buffers is not None and state is not None:
+        save_buffers(state, buffers)
+    return crafted

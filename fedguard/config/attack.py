@@ -12,7 +12,7 @@ from fedguard.attacks.objectives import TriggerMode
 from fedguard.config.errors import check_name, fail
 
 ATTACK_FORMS = ("update", "data")
-ACCUMULATE_AGAINST = ("clean", "crafted")
+ACCUMULATE_AGAINST = ("clean", "crafted", "fixed")
 TRIGGER_MODES = get_args(TriggerMode)  # sgd | reverse | val_ascent
 
 
@@ -38,8 +38,11 @@ class AttackConfig:
     eps: float = 0.1  # data form: L-inf radius of the poisoned inputs
     steps: int = 2  # data form: signed-gradient steps per poisoned batch
     # data form: the trigger batch the accumulation aligns against: clean (the batch as drawn) |
-    # crafted (the optimised trigger for the current model, the batch the trigger round trains on)
+    # crafted (the optimised trigger for the current model, the batch the trigger round trains on) |
+    # fixed (the reference's: one trigger crafted at the first attacking round, accumulated against
+    # and trained on in the trigger round)
     accumulate_against: str = "clean"
+    keep_momentum: bool = False  # the attacker-learner keeps its SGD momentum across rounds (one optimizer)
     val_batch: int = 32  # attacker's held-out batch, carved from its own partition
     # accumulative, both forms: stop accumulating (reply honestly for the rest of the accumulate
     # phase; the trigger still fires) once the attacker's held-out accuracy of the global model it

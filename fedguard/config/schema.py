@@ -45,6 +45,9 @@ class FedGuardConfig:
     lr: float = 0.05
     momentum: float = 0.9
     seed: int = 0
+    # epochs of central SGD on the training pool before round 1 (the run's lr, momentum and
+    # batch_size): a burned-in initial model, as the reference's online phase starts from one
+    pretrain_epochs: int = 0
     weighting: str = "num_examples"  # num_examples (client-claimed, capped at local_steps*batch_size) | uniform
     min_replies: int = 1  # fewer valid replies than this: the round keeps the previous global model
     checkpoint_every: int = 1  # rounds between checkpoints (RUN_DIR/checkpoint.pt); 0 = off

@@ -67,12 +67,13 @@ def build_sanitizer(cfg) -> Sanitizer:
 def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch], poisoned: list[Tensor],
                     context: Context, server_round: int, lr: float, momentum: float,
                     device: torch.device, ids: list[np.ndarray] | None = None,
-                    fetch=None) -> tuple[float, int, dict[str, Any]]:
+                    fetch=None, buffers: list | None = None) -> tuple[float, int, dict[str, Any]]:
     """Local SGD on `batches` through `sanitizer`: (train_loss, examples trained on, METRICS).
 
     `poisoned[i]` is the ground-truth mask of batch i: only counted here, for the records.
     `ids[i]` are the pool ids of batch i's samples and `fetch(ids) -> (x, y)` re-reads stream
-    samples by id (what a window sanitiser, `sanitizers/window.py`, buffers).
+    samples by id (what a window sanitiser, `sanitizers/window.py`, buffers). `buffers`: the
+    optimizer's momentum carried between rounds (`training.sgd_steps`).
     """
     if hasattr(sanitizer, "batch_ids"):  # a window sanitiser (sanitizers/window.py)
         sanitizer.batch_ids, sanitizer.fetch = ids, fetch
@@ -94,13 +95,13 @@ def train_sanitized(sanitizer: Sanitizer, model: nn.Module, batches: list[Batch]
             spent += time.perf_counter() - t0
             return out
 
-        loss = sgd_steps(model, batches, lr, momentum, device, prepare=prepare)
+        loss = sgd_steps(model, batches, lr, momentum, device, prepare=prepare, buffers=buffers)
     else:
         t0 = time.perf_counter()
         cleaned, flagged = sanitizer.sanitize(model, batches, context, server_round)
         spent += time.perf_counter() - t0
         kept = [len(y) for _, y in cleaned]
-        loss = sgd_steps(model, [b for b in cleaned if len(b[1])], lr, momentum, device)
+        loss = sgd_steps(model, [b for b in cleaned if len(b[1])], lr, momentum, device, buffers=buffers)
     t0 = time.perf_counter()
     stats = sanitizer.end_round(model, context, server_round)
     spent += time.perf_counter() - t0

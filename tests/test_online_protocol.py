@@ -1,0 +1,97 @@
+"""The reference's online protocol as configuration of the single learner, checked step for
+step against a plain-torch transcription of the reference loop (AccumulativeAttack's
+`online_accu_train.py`): one SGD optimizer kept through the accumulation and the trigger,
+the trigger crafted once at the first attacking model, a poison recrafted at every step at
+the current model (eval mode) and trained on in train mode, the trigger trained on once."""
+
+import copy
+
+import torch
+from flwr.app import RecordDict
+from torch.nn import functional as F
+
+from fedguard.attacks.craft import AttackData, craft
+from fedguard.attacks.objectives import accumulation_direction, model_params, perturb_batch, perturb_trigger
+from fedguard.config import compose, validate
+from fedguard.models import build_model
+
+CPU = torch.device("cpu")
+ONLINE = ["attack=accumulative", "attack.form=data", "attack.accumulate_against=fixed", "attack.keep_momentum=true",
+          "attack.trigger_steps=1", "attack.burn_in=1", "attack.accumulate_rounds=3", "attack.trigger_round=5", "num_clients=1",
+          "num_malicious=1", "local_steps=1", "lr=0.1", "momentum=0.9", "model=cnn_bn", "dataset=digits",
+          "attack.eps=0.2", "attack.steps=2", "attack.sign=-1"]
+
+
+def stream(seed: int, rounds: int, n: int = 16):
+    gen = torch.Generator().manual_seed(seed)
+    batches = [(torch.rand(n, 1, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+               for _ in range(rounds)]
+    trig = (torch.rand(n, 1, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+    val = (torch.rand(2 * n, 1, 8, 8, generator=gen), torch.randint(0, 10, (2 * n,), generator=gen))
+    return batches, trig, val
+
+
+def sgd_step(model, opt, x, y):
+    model.train()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def reference_loop(model, cfg, batches, trig, val):
+    """The transcription: burn-in step, accumulation steps against the trigger crafted once
+    (at the model after burn-in), one trigger step; one optimizer throughout."""
+    a = cfg.attack
+    (xt, yt), (xv, yv) = trig, val
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    sgd_step(model, opt, *batches[0])  # burn-in round: the clean batch
+    model.eval()
+    x_trigger = perturb_trigger(model, model_params(model), xt, yt, xv, yv, eps=a.eps, steps=a.steps,
+                                sign=a.sign).detach()
+    for x, y in batches[1:]:
+        model.eval()
+        params = model_params(model)
+        d = accumulation_direction(model, params, x_trigger, yt, xv, yv, sign=a.sign)
+        x_poison = perturb_batch(model, params, x, y, x_trigger, yt, xv, yv, eps=a.eps, steps=a.steps,
+                                 sign=a.sign, direction=d).detach()
+        sgd_step(model, opt, x_poison, y)
+    sgd_step(model, opt, x_trigger, yt)
+    return model
+
+
+def fedguard_rounds(model, cfg, batches, trig, val):
+    """The same through `craft`, one round per online step, the reply becoming the next model."""
+    state = RecordDict()
+    (xt, yt), (xv, yv) = trig, val
+    for rnd in range(1, len(batches) + 2):
+        batch = batches[min(rnd, len(batches)) - 1]
+        data = AttackData([batch], xv, yv, xt, yt, None, None, None)
+        crafted = craft(cfg, rnd, model, data, CPU, 10, 0, state=state)
+        assert crafted.phase == ("burn_in" if rnd == 1 else "trigger" if rnd == len(batches) + 1 else "accumulate")
+        model = crafted.trained
+    return model
+
+
+def test_online_protocol_matches_the_reference_loop():
+    cfg = compose(ONLINE)
+    validate(cfg)
+    batches, trig, val = stream(0, rounds=4)
+    torch.manual_seed(0)
+    start = build_model("cnn_bn", (1, 8, 8), 10)
+    ours = fedguard_rounds(copy.deepcopy(start), cfg, batches, trig, val)
+    ref = reference_loop(copy.deepcopy(start), cfg, batches, trig, val)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_without_kept_momentum_or_fixed_trigger_the_weights_differ():
+    """The check can fail: each of the two knobs changes the result."""
+    batches, trig, val = stream(1, rounds=4)
+    torch.manual_seed(1)
+    start = build_model("cnn_bn", (1, 8, 8), 10)
+    ref = reference_loop(copy.deepcopy(start), compose(ONLINE), batches, trig, val)
+    for knob in ("attack.keep_momentum=false", "attack.accumulate_against=crafted"):
+        ours = fedguard_rounds(copy.deepcopy(start), compose([*ONLINE, knob]), batches, trig, val)
+        diff = max(float((a.float() - b.float()).abs().max())
+                   for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+        assert diff > 1e-4, knob
