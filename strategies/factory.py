@@ -14,7 +14,7 @@ evaluation is off (the server evaluates the global model itself).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,8 @@ class BuildContext:
     def inner(self) -> Strategy:
         """The strategy a wrapper wraps: `defense.inner`, an aggregator or a nesting wrapper
         (`clipping`: norm clipping over fedavg)."""
-        name = self.cfg.defense.inner
-        spec = DEFENSES.get(name)
-        return spec.build(self) if spec.wraps else build_aggregator(name, self.cfg, self.sampled)
+        spec = DEFENSES.get(self.cfg.defense.inner)
+        return spec.build(self if spec.wraps else replace(self, notes=None))  # the wrapper keeps the notes
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,10 @@ class Defense:
 DEFENSES = Registry("defense")
 
 
-def defense(name: str, summary: str, wraps: bool = False, nests: bool = False):
+def defense(name: str, summary: str, wraps: bool = False, nests: bool = False, knobs: tuple[str, ...] = ()):
+    """Register a defense; `knobs`: the `defense.*` keys it reads (`fedguard list`, `Entry.knobs`)."""
     def add(build: Callable[[BuildContext], Strategy]) -> Callable[[BuildContext], Strategy]:
-        DEFENSES.add(name, Defense(build, wraps, nests), summary)
+        DEFENSES.add(name, Defense(build, wraps, nests), summary, knobs)
         return build
 
     return add
@@ -93,30 +93,33 @@ def _median(ctx: BuildContext) -> Strategy:
     return FedMedian(**_COMMON)
 
 
-@defense("trimmed_mean", "FedTrimmedAvg: the coordinate-wise mean without defense.trim_beta at each end")
+@defense("trimmed_mean", "FedTrimmedAvg: the coordinate-wise mean without defense.trim_beta at each end",
+         knobs=("trim_beta",))
 def _trimmed_mean(ctx: BuildContext) -> Strategy:
     return FedTrimmedAvg(beta=ctx.cfg.defense.trim_beta, **_COMMON)
 
 
-@defense("krum", "Krum: the update closest to its n-f-2 neighbours (Blanchard et al., 2017)")
+@defense("krum", "Krum: the update closest to its n-f-2 neighbours (Blanchard et al., 2017)",
+         knobs=("assumed_malicious",))
 def _krum(ctx: BuildContext) -> Strategy:
     return Krum(assumed_malicious(ctx.cfg), ctx.notes, **_COMMON)
 
 
-@defense("multikrum", "MultiKrum: the mean of the defense.multikrum_select best Krum scores")
+@defense("multikrum", "MultiKrum: the mean of the defense.multikrum_select best Krum scores",
+         knobs=("assumed_malicious", "multikrum_select"))
 def _multikrum(ctx: BuildContext) -> Strategy:
     f, m = assumed_malicious(ctx.cfg), ctx.cfg.defense.multikrum_select
     return MultiKrum(f, int(m if m is not None else max(1, ctx.sampled - f)), ctx.notes, **_COMMON)
 
 
 @defense("bulyan", "Bulyan: iterated Krum selection, then a coordinate-wise trimmed mean around the median "
-         "(El Mhamdi et al., 2018)")
+         "(El Mhamdi et al., 2018)", knobs=("assumed_malicious",))
 def _bulyan(ctx: BuildContext) -> Strategy:
     return Bulyan(assumed_malicious(ctx.cfg), ctx.notes, **_COMMON)
 
 
 @defense("clipping", "norm clipping of every update (fixed defense.clip_norm or a multiple of the median norm), "
-         "around defense.inner", wraps=True, nests=True)
+         "around defense.inner", wraps=True, nests=True, knobs=("inner", "clip_norm", "clip_multiplier"))
 def _clipping(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     inner = build_aggregator("fedavg" if d.inner == "clipping" else d.inner, ctx.cfg, ctx.sampled)
@@ -124,7 +127,8 @@ def _clipping(ctx: BuildContext) -> Strategy:
 
 
 @defense("mddsc", "memorization discrepancy against a history of global models, flagged updates corrected or "
-         "dropped (Zhu et al., 2023, federated form), around defense.inner", wraps=True)
+         "dropped (Zhu et al., 2023, federated form), around defense.inner", wraps=True,
+         knobs=("inner", "val_batch", "score_chunk", "history", "threshold", "correction"))
 def _mddsc(ctx: BuildContext) -> Strategy:
     run_dir = ctx.cfg.get("run_dir")  # null under `flwr run`: the history makes a temporary directory
     return MDDSC(ctx.inner(), ctx.model, ctx.data.val.x, ctx.data.val.y, ctx.cfg.defense, seed=ctx.cfg.seed,
@@ -133,20 +137,22 @@ def _mddsc(ctx: BuildContext) -> Strategy:
 
 
 @defense("epic_updates", "server-side adaptation of EPIC: drops updates isolated in update space, around "
-         "defense.inner", wraps=True)
+         "defense.inner", wraps=True, knobs=("inner", "epic_fraction", "epic_max_cluster"))
 def _epic_updates(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     return EPICUpdates(ctx.inner(), d.epic_fraction, d.epic_max_cluster, ctx.notes)
 
 
 @defense("cclip", "centered clipping: the center moves by the mean of the updates clipped around it, "
-         "defense.cclip_iters times from the previous aggregate (Karimireddy et al., 2021)")
+         "defense.cclip_iters times from the previous aggregate (Karimireddy et al., 2021)",
+         knobs=("cclip_tau", "cclip_iters", "cclip_init"))
 def _cclip(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     return CenteredClipping(d.cclip_tau, d.cclip_iters, d.cclip_init, ctx.notes, **_COMMON)
 
 
-@defense("geomed", "geometric median of the updates by smoothed Weiszfeld iterations (RFA, Pillutla et al., 2022)")
+@defense("geomed", "geometric median of the updates by smoothed Weiszfeld iterations (RFA, Pillutla et al., 2022)",
+         knobs=("geomed_nu", "geomed_iters", "geomed_tol"))
 def _geomed(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     return GeometricMedian(d.geomed_nu, d.geomed_iters, d.geomed_tol, ctx.notes, **_COMMON)
@@ -164,7 +170,8 @@ def _fltrust(ctx: BuildContext) -> Strategy:
 
 
 @defense("dnc", "Divide-and-Conquer: drops the updates with the largest projections on the top singular vector "
-         "of subsampled centred updates (Shejwalkar and Houmansadr, 2021), around defense.inner", wraps=True)
+         "of subsampled centred updates (Shejwalkar and Houmansadr, 2021), around defense.inner", wraps=True,
+         knobs=("inner", "assumed_malicious", "dnc_iters", "dnc_subsample", "dnc_filter_frac"))
 def _dnc(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     return DnC(ctx.inner(), assumed_malicious(ctx.cfg), d.dnc_iters, d.dnc_subsample, d.dnc_filter_frac,
@@ -172,14 +179,15 @@ def _dnc(ctx: BuildContext) -> Strategy:
 
 
 @defense("flame", "FLAME: HDBSCAN on cosine distances keeps the majority, clipping to the median norm, Gaussian "
-         "noise (Nguyen et al., 2022), around defense.inner", wraps=True)
+         "noise (Nguyen et al., 2022), around defense.inner", wraps=True, knobs=("inner", "flame_noise"))
 def _flame(ctx: BuildContext) -> Strategy:
     mask = param_mask(ctx.model) if ctx.model is not None else None
     return FLAME(ctx.inner(), ctx.cfg.defense.flame_noise, seed=ctx.cfg.seed, param_mask=mask, notes=ctx.notes)
 
 
 @defense("fldetector", "FLDetector: flags clients whose updates the L-BFGS prediction from the model history "
-         "misses (Zhang et al., 2022), around defense.inner", wraps=True)
+         "misses (Zhang et al., 2022), around defense.inner", wraps=True,
+         knobs=("inner", "fldetector_window", "fldetector_start"))
 def _fldetector(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
     return FLDetector(ctx.inner(), d.fldetector_window, d.fldetector_start, seed=ctx.cfg.seed, notes=ctx.notes)

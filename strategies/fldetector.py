@@ -42,7 +42,6 @@ from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor

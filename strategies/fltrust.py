@@ -12,10 +12,12 @@ own update g_0. With the clients' updates g_1..g_n:
 The root data is the server's validation split (`data.val`), the same clean data MD-DSC scores
 on, drawn as a stream of its own (reshuffled each pass; its cursor is checkpointed). That is
 MD-DSC's threat model too: a server holding a small clean set. The paper's root set is 100
-samples; the validation split is larger, which only helps FLTrust (a less noisy g_0).
+samples; a larger validation split gives a less noisy g_0 than the paper's.
 
-The server's training moves BatchNorm running statistics like a client's does, so they are
-part of g_0 and of every g_i (one flat vector, as everywhere in fedguard).
+Trust and rescaling are computed on the parameters. BatchNorm running statistics (buffers)
+are not gradients: a norm ratio computed on the parameters would rescale a variance's update
+beyond anything trained, possibly below zero, so on the buffers the aggregate is the
+trust-weighted mean of the clients' own, unscaled updates (sum_i TS_i b_i / sum_i TS_i).
 
 What the server holds: the model architecture, the root data, the global model it sent.
 Per-client notes: `trust` (TS_i), `flagged` (TS_i = 0: the update has no weight).
@@ -30,6 +32,7 @@ import torch
 from flwr.app import Message
 from torch import nn
 
+from fedguard.attacks.craft import param_mask
 from fedguard.models import arrays_to_model, model_to_arrays
 from fedguard.streams import IndexStream, StreamCursor
 from fedguard.training import sgd_steps
@@ -46,14 +49,21 @@ def trust_scores(updates: np.ndarray, server_update: np.ndarray) -> np.ndarray:
     return np.maximum(cos, 0.0)
 
 
-def fltrust_aggregate(updates: np.ndarray, server_update: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the FLTrust aggregate, the trust scores)."""
-    trust = trust_scores(updates, server_update)
+def fltrust_aggregate(updates: np.ndarray, server_update: np.ndarray, params: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(the FLTrust aggregate, the trust scores); `params` (bool [d], None: all) marks the
+    parameter coordinates, the others (buffers) get the trust-weighted mean, unscaled."""
+    params = np.ones(updates.shape[1], dtype=bool) if params is None else np.asarray(params, dtype=bool)
+    p, g0 = updates[:, params], server_update[params]
+    trust = trust_scores(p, g0)
+    out = np.zeros(updates.shape[1])
     if trust.sum() == 0:
-        return np.zeros(updates.shape[1]), trust
-    norms = np.linalg.norm(updates, axis=1)
-    scale = np.divide(np.linalg.norm(server_update), norms, out=np.zeros(len(updates)), where=norms > 0)
-    return (trust * scale) @ updates / trust.sum(), trust
+        return out, trust
+    norms = np.linalg.norm(p, axis=1)
+    scale = np.divide(np.linalg.norm(g0), norms, out=np.zeros(len(updates)), where=norms > 0)
+    out[params] = (trust * scale) @ p / trust.sum()
+    out[~params] = trust @ updates[:, ~params] / trust.sum()
+    return out, trust
 
 
 class FLTrust(UpdateAggregator):
@@ -63,6 +73,7 @@ class FLTrust(UpdateAggregator):
         super().__init__(notes, **flower)
         self.device = device or torch.device("cpu")
         self.model = model
+        self.params = param_mask(model).numpy()
         self.root_x, self.root_y = root_x, root_y
         self.root_stream = IndexStream(np.arange(len(root_y)), seed, ROOT_STREAM_ID)
         self.lr, self.momentum = float(lr), float(momentum)
@@ -80,7 +91,7 @@ class FLTrust(UpdateAggregator):
 
     def aggregate_updates(self, server_round: int, updates: np.ndarray, weights: np.ndarray,
                           replies: list[Message]) -> Aggregate:
-        aggregate, trust = fltrust_aggregate(updates, self.server_update())
+        aggregate, trust = fltrust_aggregate(updates, self.server_update(), self.params)
         for msg, ts in zip(replies, trust):
             self.notes.clients[msg.metadata.src_node_id].update(trust=float(ts), flagged=bool(ts == 0))
         return Aggregate(aggregate, range(len(updates)))

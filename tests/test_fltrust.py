@@ -78,3 +78,13 @@ def test_strategy_trains_on_the_root_data_and_weighs_by_trust():
     assert not any(notes.clients[i]["flagged"] for i in range(2, 7))
     # the root stream moved on, and its cursor is what a checkpoint keeps
     assert strategy.state_dict()["root_cursor"] == [0, 24]
+
+
+def test_buffers_take_the_trust_weighted_mean_unscaled():
+    g0 = np.array([1.0, 0.0, 0.5])  # the last coordinate a BatchNorm statistic
+    updates = np.array([[2.0, 0.0, 1.0], [1.0, 1.0, -4.0], [-1.0, 0.0, 3.0]])
+    agg, trust = fltrust_aggregate(updates, g0, params=np.array([True, True, False]))
+    s = 1 / np.sqrt(2)
+    np.testing.assert_allclose(trust, [1.0, s, 0.0])  # cosines on the parameters only
+    np.testing.assert_allclose(agg[:2], (np.array([1.0, 0.0]) + s * np.array([s, s])) / (1 + s))
+    assert agg[2] == pytest.approx((1.0 * 1.0 + s * -4.0) / (1 + s))

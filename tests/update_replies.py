@@ -29,5 +29,8 @@ def run_round(strategy, glob: np.ndarray, models, examples=None, server_round: i
     examples = np.full(len(models), 10) if examples is None else examples
     nodes = range(1, len(models) + 1) if nodes is None else nodes
     strategy.global_arrays = records(glob, like)
-    arrays, _ = strategy.aggregate_train(server_round, [reply(i, m, e, like) for i, m, e in zip(nodes, models, examples)])
-    return None if arrays is None else np.concatenate([a.numpy().reshape(-1) for a in arrays.values()]).astype(np.float64)
+    replies = [reply(i, m, e, like) for i, m, e in zip(nodes, models, examples)]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    if arrays is None:
+        return None
+    return np.concatenate([a.numpy().reshape(-1) for a in arrays.values()]).astype(np.float64)

@@ -61,6 +61,18 @@ class DefenseConfig:
     clip_multiplier: float = 1.0  # clipping: bound = multiplier * median norm
     epic_fraction: float = 0.1  # epic_updates (server-side adaptation): medoids = max(2, round(fraction * replies))
     epic_max_cluster: int = 1  # epic_updates: drop updates in clusters of at most this many
+    cclip_tau: float | None = None  # cclip: clipping radius; null -> the median distance to the center, each iteration
+    cclip_iters: int = 1  # cclip: clipping iterations L per round
+    cclip_init: str = "previous"  # cclip: start from the previous round's aggregate update | zero
+    geomed_nu: float = 1e-6  # geomed: Weiszfeld smoothing (distances floored at nu)
+    geomed_iters: int = 100  # geomed: maximum Weiszfeld iterations
+    geomed_tol: float = 1e-6  # geomed: stop when the objective changes by less than this fraction
+    dnc_iters: int = 5  # dnc: filtering rounds
+    dnc_subsample: int = 10000  # dnc: coordinates sampled per filtering round
+    dnc_filter_frac: float = 1.0  # dnc: c, removes floor(c * f) updates per filtering round
+    flame_noise: float = 0.001  # flame: noise std = flame_noise * median update norm (parameters only)
+    fldetector_window: int = 10  # fldetector: curvature pairs and score window N
+    fldetector_start: int = 3  # fldetector: first round whose flags are applied
     val_batch: int = 64  # mddsc: server validation samples scored per round (MNIST: a quarter of 256's cost, TPR 0.90 vs 0.94)
     score_chunk: int | None = None  # mddsc: candidate models per vmap call when scoring (null = all at once; bounds peak activation memory)
     history: HistoryConfig = field(default_factory=HistoryConfig)
@@ -82,6 +94,7 @@ def validate_defense(d) -> None:
         fail("defense.epic_fraction", d.epic_fraction, "a fraction of the round's replies in (0, 1]")
     if d.epic_max_cluster < 0:
         fail("defense.epic_max_cluster", d.epic_max_cluster, "an integer >= 0 (0 drops nothing)")
+    _validate_robust_aggregators(d)
     if d.val_batch < 1:
         fail("defense.val_batch", d.val_batch, "an integer >= 1")
     if d.score_chunk is not None and d.score_chunk < 1:
@@ -91,6 +104,25 @@ def validate_defense(d) -> None:
         fail("defense.threshold.rule", d.threshold.rule, ", ".join(MD_THRESHOLDS))
     if d.correction.method not in MD_CORRECTIONS:
         fail("defense.correction.method", d.correction.method, ", ".join(MD_CORRECTIONS))
+
+
+CCLIP_INITS = ("previous", "zero")
+
+
+def _validate_robust_aggregators(d) -> None:
+    """cclip, geomed, dnc, flame, fldetector."""
+    if d.cclip_tau is not None and d.cclip_tau <= 0:
+        fail("defense.cclip_tau", d.cclip_tau, "a positive radius, or null for the median distance")
+    if d.cclip_init not in CCLIP_INITS:
+        fail("defense.cclip_init", d.cclip_init, ", ".join(CCLIP_INITS))
+    for key in ("cclip_iters", "geomed_iters", "dnc_iters", "dnc_subsample", "fldetector_window", "fldetector_start"):
+        if getattr(d, key) < 1:
+            fail(f"defense.{key}", getattr(d, key), "an integer >= 1")
+    for key in ("geomed_nu", "geomed_tol", "dnc_filter_frac"):
+        if not getattr(d, key) > 0:
+            fail(f"defense.{key}", getattr(d, key), "a positive number")
+    if d.flame_noise < 0:
+        fail("defense.flame_noise", d.flame_noise, "a noise scale >= 0")
 
 
 def _validate_history(h) -> None:
