@@ -41,8 +41,10 @@ def _hydra_run() -> None:
     def task(cfg: DictConfig) -> float | None:
         try:
             validate(cfg)
-            if cfg.resume:  # continue RUN_DIR with its own saved config (other overrides ignored)
+            if cfg.resume:  # continue RUN_DIR with its saved config (the pre-flight refused changes)
+                progress = cfg.progress
                 cfg = resume_config(cfg.resume)
+                cfg.progress = progress
                 validate(cfg)
         except ConfigError as err:
             print(err, file=sys.stderr)
@@ -89,6 +91,27 @@ def refuse_reused_run_dir(overrides: list[str]) -> None:
         raise SystemExit(2)
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def preflight(args: list[str]) -> None:
+    """Exit 2 with one line on stderr when the run's config or data would fail (an unknown key,
+    an invalid value, a truncated dataset file, the hub offline, `resume=` of no run or with a
+    changed value; `fedguard.preflight`), before Hydra creates the run directory and Ray
+    starts; warn about knobs their entry does not read. Hydra's own flags (--help, --cfg, ...)
+    skip it."""
+    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
+        return
+    from fedguard.config import ConfigError
+    from fedguard.preflight import check_run
+
+    try:
+        check_run([a for a in args if a not in MULTIRUN_FLAGS], multirun=any(a in MULTIRUN_FLAGS for a in args))
+    except ConfigError as err:
+        print(" ".join(str(err).split()), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -102,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "run":
         refuse_reused_run_dir(rest)
+        preflight(rest)
         resume = [a.split("=", 1)[1] for a in rest if a.startswith("resume=")]
         if resume and resume[-1] and not any(a.startswith("hydra.run.dir=") for a in rest):
             # Hydra's output dir of a resumption is the run it continues; no new .hydra/ there
@@ -112,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         from fedguard.report import main as report_main
 
         report_main(rest)
+    elif command == "list":
+        from fedguard.listing import main as list_main
+
+        list_main(rest)
     else:
         print(f"fedguard: unknown command {command!r} (commands: run, report, list; see fedguard --help)",
               file=sys.stderr)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedguard.attacks.backdoor import attack_success_rate, trigger_from_config
+from fedguard.attacks.backdoor import BACKDOORS, attack_success_rate, trigger_from_config
 from fedguard.attacks.stream_poison import stream_trigger
 
 
@@ -35,12 +35,13 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.devic
 def round_asr(cfg, model: nn.Module, test, device: torch.device | None = None) -> dict[str, float | None]:
     """The rounds.jsonl attack success rates of the global `model` on the triggered test split.
 
-    `asr`: the run's backdoor, i.e. `attack=backdoor`'s trigger and target, else a badnets/blend
+    `asr`: the run's backdoor, i.e. the trigger and target of `attack=backdoor|dba|neurotoxin`
+    (`attacks.backdoor.BACKDOORS`; dba: the whole patch, every part at once), else a badnets/blend
     `stream_poison`'s (poisons in the honest clients' streams). With both, the stream poison's
     goes to `stream_asr`. `{}` when the run has no backdoor.
     """
     out: dict[str, float | None] = {}
-    if cfg.attack.name == "backdoor":
+    if cfg.attack.name in BACKDOORS:
         out["asr"] = attack_success_rate(model, test.x, test.y, int(cfg.attack.target_label),
                                          trigger_from_config(cfg), device)
     sp = getattr(cfg, "stream_poison", None)

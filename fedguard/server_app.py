@@ -29,7 +29,7 @@ from torch import nn
 
 from fedguard import checkpoint, interrupt
 from fedguard.app_config import config_from_context
-from fedguard.attacks.plan import attack_plan, malicious_set, round_phase
+from fedguard.attacks.plan import ACCUMULATIVE, attack_plan, malicious_set, round_phase
 from fedguard.config import RESUME_FREE_KEYS, flatten, resume_config
 from fedguard.data.sources import DataSplits, splits_from_config
 from fedguard.evaluation import evaluate, round_asr
@@ -78,7 +78,7 @@ def is_evaluated(cfg: DictConfig, server_round: int) -> bool:
     trigger always do, so summary.json's trigger drop and final accuracy are always there)."""
     if cfg.evaluate_every <= 1 or server_round in (1, cfg.rounds) or server_round % cfg.evaluate_every == 0:
         return True
-    plan = attack_plan(cfg) if cfg.attack.name == "accumulative" else None
+    plan = attack_plan(cfg) if cfg.attack.name in ACCUMULATIVE else None
     return plan is not None and server_round in (plan.trigger_round - 1, plan.trigger_round)
 
 

@@ -1,7 +1,7 @@
-"""Omniscient attacks (`attack=alie|ipm`): the server-side placement of the attacker's part that
-sees every honest update (the math is `fedguard.attacks.omniscient`).
+"""Omniscient attacks (`attack=alie|ipm|minmax|minsum|fang`): the server-side placement of the
+attacker's part that sees every honest update (the math is `fedguard.attacks.omniscient`).
 
-ALIE and IPM craft the malicious update from the honest clients' updates of the round, which
+These attacks craft the malicious updates from the honest clients' updates of the round, which
 a client cannot see, so (as Blades and Flower's FLANDERS baseline do) the simulation runs them
 as a server-side wrapper placed *before* the defense: inside the reply validator (so the
 statistics use well-formed replies only), outside every defense and aggregator. It is part of
@@ -9,10 +9,13 @@ the attacker, not of the server: it may use the ground-truth malicious set, and 
 as malicious when its MetricRecord "partition-id" is in that set (the colluding ClientApps
 report theirs truthfully; no defense reads "partition-id"). The malicious ClientApps train
 honestly; this wrapper overwrites their arrays with `global + crafted update`
-(`attacks.omniscient.crafted_update`) in the rounds where the attack plan is attacking.
+(`attacks.omniscient.crafted_updates`) in the rounds where the attack plan is attacking.
 
-Every malicious reply gets the same crafted update. On BatchNorm statistics (buffers,
-`param_mask` False) the reply keeps its own (honestly trained) values.
+Every malicious reply gets the same crafted update (Fang's trimmed-mean attack: one draw each).
+The updates are crafted on the parameters only (`param_mask`: the distances of MinMax, MinSum
+and Fang's Krum attack are over parameters); on BatchNorm statistics (buffers) the reply keeps
+its own (honestly trained) values. The round's notes get `crafted_replies` and, by attack,
+`alie_z`, `attack_gamma` (minmax, minsum) or `fang_lambda` (fang_target=krum).
 """
 
 from __future__ import annotations
@@ -25,26 +28,28 @@ from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
 from fedguard.attacks.craft import param_mask
-from fedguard.attacks.omniscient import OMNISCIENT, alie_update, alie_z, crafted_update, ipm_update
+from fedguard.attacks.omniscient import OMNISCIENT, OmniscientSettings, alie_update, alie_z, crafted_updates, ipm_update
 from fedguard.attacks.plan import AttackPlan, attack_plan, malicious_set
 from fedguard.models import arrays_from_flat
 from fedguard.protocol import PARTITION
 from strategies.base import RoundNotes, StrategyWrapper, arrays_key
 
-__all__ = ["OMNISCIENT", "OmniscientAttack", "alie_update", "alie_z", "ipm_update", "omniscient_from_config"]
+__all__ = ["OMNISCIENT", "OmniscientAttack", "OmniscientSettings", "alie_update", "alie_z", "ipm_update",
+           "omniscient_from_config"]
 
 
 class OmniscientAttack(StrategyWrapper):
     def __init__(self, inner: Strategy, kind: str, malicious: Iterable[int], plan: AttackPlan | None = None, *,
-                 z: float | None = None, eps: float = 0.5, param_mask: Tensor | None = None,
-                 notes: RoundNotes | None = None):
+                 z: float | None = None, eps: float = 0.5, settings: OmniscientSettings | None = None,
+                 param_mask: Tensor | None = None, notes: RoundNotes | None = None):
+        """`settings` (the knobs of every omniscient attack) wins over the shorthands `z`, `eps`."""
         super().__init__(inner, notes)
         if kind not in OMNISCIENT:
             raise ValueError(f"omniscient attack {kind!r}; allowed: {', '.join(OMNISCIENT)}")
         self.kind = kind
         self.malicious = {int(p) for p in malicious}
         self.plan = plan
-        self.z, self.eps = z, eps
+        self.settings = settings if settings is not None else OmniscientSettings(z=z, eps=eps)
         self.param_mask = param_mask
 
     def is_malicious(self, msg: Message) -> bool:
@@ -56,32 +61,37 @@ class OmniscientAttack(StrategyWrapper):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         if self.global_arrays is not None and (self.plan is None or self.plan.attacking(server_round)):
-            self.craft(replies)
+            self.craft(replies, server_round)
         return self.inner.aggregate_train(server_round, replies)
 
-    def craft(self, replies: list[Message]) -> Tensor | None:
-        """Overwrite the malicious replies in place; returns the crafted update (None if no
-        malicious reply came)."""
+    def craft(self, replies: list[Message], server_round: int = 0) -> Tensor | None:
+        """Overwrite the malicious replies in place; returns the crafted updates, one row per
+        malicious reply in reply order (None if no malicious reply came)."""
         valid = [m for m in replies if not m.has_error() and m.has_content()]
-        bad = [m for m in valid if self.is_malicious(m)]
-        if not bad:
+        flags = [self.is_malicious(m) for m in valid]
+        if not any(flags):
             return None
         base, flat = self.flat_updates(valid)
-        updates = {id(m): u for m, u in zip(valid, flat)}
-        crafted, z = crafted_update(self.kind, [updates[id(m)] for m in valid],
-                                    [self.is_malicious(m) for m in valid], z=self.z, eps=self.eps)
-        if z is not None:
-            self.notes.round["alie_z"] = z
-        for msg in bad:
-            own = updates[id(msg)]
-            update = crafted if self.param_mask is None else torch.where(self.param_mask, crafted, own)
+        stacked = torch.stack(flat)
+        cols = self.param_mask if self.param_mask is not None else torch.ones(stacked.shape[1], dtype=torch.bool)
+        crafted, notes = crafted_updates(self.kind, list(stacked[:, cols]), flags, self.settings, server_round)
+        rows = []
+        for row, own in zip(crafted, (u for u, bad in zip(flat, flags) if bad)):
+            update = own.clone()
+            update[cols] = row.to(update.dtype)
+            rows.append(update)
+        for msg, update in zip((m for m, bad in zip(valid, flags) if bad), rows):
             msg.content[arrays_key(msg)] = arrays_from_flat(base + update, self.global_arrays)
-        self.notes.round["crafted_replies"] = len(bad)
-        return crafted
+        self.notes.round.update(notes)
+        self.notes.round["crafted_replies"] = len(rows)
+        return torch.stack(rows)
 
 
 def omniscient_from_config(cfg, inner: Strategy, notes: RoundNotes | None = None, model=None) -> OmniscientAttack:
-    """`attack=alie|ipm` around `inner` (the defense), with the run's malicious set and plan."""
+    """`attack=alie|ipm|minmax|minsum|fang` around `inner` (the defense), with the run's
+    malicious set and plan."""
     a = cfg.attack
-    return OmniscientAttack(inner, a.name, malicious_set(cfg), attack_plan(cfg), z=a.alie_z, eps=a.ipm_eps,
+    settings = OmniscientSettings(z=a.alie_z, eps=a.ipm_eps, perturbation=a.perturbation,
+                                  fang_target=a.fang_target, fang_b=a.fang_b, seed=cfg.seed)
+    return OmniscientAttack(inner, a.name, malicious_set(cfg), attack_plan(cfg), settings=settings,
                             param_mask=param_mask(model) if model is not None else None, notes=notes)

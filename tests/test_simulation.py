@@ -80,14 +80,15 @@ def test_multirun_sweep_and_report(tmp_path):
     sweep = tmp_path / "sweep"
     proc = fedguard("run", "-m", "defense=median,clipping", *SMALL, "rounds=2", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = fedguard("report", str(sweep))
+    report = fedguard("report", str(sweep), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     assert "2 run(s)" in report.stdout
-    with open(sweep / "comparison.csv") as fh:
+    with open(tmp_path / "report" / "comparison.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted(r["run"].split()[1] for r in rows) == ["clipping(fedavg)", "median"]
+    # labelled by what differs between the runs: the defense (and clipping's inner)
+    assert sorted(r["run"] for r in rows) == ["defense=clipping defense.inner=fedavg", "defense=median defense.inner=None"]
     assert all(0.0 <= float(r["final_accuracy"]) <= 1.0 for r in rows)
-    assert (sweep / "comparison.png").is_file()
+    assert (tmp_path / "report" / "comparison.png").is_file()
 
 
 def test_bad_config_fails_before_any_work(tmp_path):

@@ -18,8 +18,11 @@ Where things are:
   second-order alignment objective and the data form's perturbations, in `objectives`),
   `backdoor` (triggers, batch poisoning, the backdoor attack), `label_flip` (the one
   label-flip rule, `flip_label`), `model_poisoning` (sign_flip, scaling, gaussian),
-  `omniscient` (ALIE and IPM: the math; the server-side placement is the strategy adapter
-  `strategies.omniscient`).
+  `omniscient` (the attacks that read the round's honest updates: ALIE, IPM, and MinMax/MinSum
+  and Fang, their math in `agr_agnostic` and `fang`; the server-side placement is the strategy
+  adapter `strategies.omniscient`), `dba` (the distributed backdoor: a part of the patch per
+  client), `neurotoxin` (the backdoor on the coordinates the honest update changes least),
+  `adaptive_md` (the accumulative attack kept under its estimate of mddsc's MD threshold).
 - `stream_poison`: the poisons an outsider injects into the honest clients' streams.
 - `client`: the Flower-facing glue of a malicious ClientApp (its data, the stealth rule's
   state, the reply). Not imported here: the ClientApp imports it.
@@ -39,6 +42,9 @@ from fedguard.attacks import label_flip  # noqa: F401
 from fedguard.attacks import backdoor  # noqa: F401
 from fedguard.attacks import model_poisoning  # noqa: F401
 from fedguard.attacks import omniscient  # noqa: F401
+from fedguard.attacks import dba  # noqa: F401
+from fedguard.attacks import neurotoxin  # noqa: F401
+from fedguard.attacks import adaptive_md  # noqa: F401
 from fedguard.attacks import stream_poison  # noqa: F401
 from fedguard.attacks.plan import PHASES, AttackPlan, attack_plan, malicious_ids, malicious_set, round_phase, shared_seed
 

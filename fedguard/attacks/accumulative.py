@@ -41,13 +41,15 @@ from fedguard.attacks.objectives import (
     to_exchanged,
     trigger_update,
 )
-from fedguard.attacks.plan import attack_plan
+from fedguard.attacks.plan import ACCUMULATIVE, attack_plan
 from fedguard.attacks.registries import ATTACKS
 from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_TRIGGER, ATTACK_VAL_ACC
 
 
 @ATTACKS.register("accumulative", "Pang et al. 2021: stealthy poisoned rounds that precondition the model, "
-                                  "then one trigger (form=update or data)")
+                                  "then one trigger (form=update or data)",
+                  knobs=("form", "sign", "trigger_mode", "norm_bound", "trigger_steps", "accumulate_norm", "eps",
+                         "steps", "accumulate_against", "stealth_drop"))
 def accumulative(r: AttackRound) -> Crafted:
     a, cfg, model, data, device = r.cfg.attack, r.cfg, r.model, r.data, r.device
     model.eval()  # reference behaviour: BatchNorm on running statistics
@@ -136,7 +138,7 @@ def stealth_stopped(cfg, context: Context, server_round: int, model: nn.Module, 
     """Apply the stealth rule for this train call (accumulative attack with `stealth_drop`
     set, accumulate rounds only; updates Context.state[ATTACK_STATE]); whether to reply honestly."""
     a = cfg.attack
-    if a.name != "accumulative" or a.stealth_drop is None or attack_plan(cfg).phase(server_round) != "accumulate":
+    if a.name not in ACCUMULATIVE or a.stealth_drop is None or attack_plan(cfg).phase(server_round) != "accumulate":
         return False
     record = context.state.config_records.get(ATTACK_STATE)
     acc = heldout_accuracy(model, data.x_val, data.y_val, device)

@@ -35,6 +35,9 @@ from fedguard.attacks.plan import POISON_SALT, shared_seed
 from fedguard.attacks.registries import ATTACKS
 
 TRIGGER_TYPES = ("patch", "blend")
+# the attacks whose backdoor `fedguard.evaluation.round_asr` measures with `trigger_from_config`
+# (dba: the whole patch, the union of the parts its clients stamp)
+BACKDOORS = ("backdoor", "dba", "neurotoxin")
 _PATTERN_SALT = 0x626C656E64  # "blend"
 
 
@@ -139,14 +142,27 @@ def attack_success_rate(model: nn.Module, x, y, target: int, trigger, device: to
 
 
 @ATTACKS.register("backdoor", "trains on batches partly stamped with a trigger and relabelled target_label "
-                              "(boost: model replacement)")
+                              "(boost: model replacement)",
+                  knobs=("target_label", "poison_fraction", "trigger_type", "patch_size", "blend_alpha", "boost"))
 def backdoor(r: AttackRound) -> Crafted:
+    return backdoor_round(r, trigger_from_config(r.cfg))
+
+
+def poisoned_batches(r: AttackRound, trigger) -> list[tuple[Tensor, Tensor]]:
+    """The round's stream batches with a seeded `attack.poison_fraction` of each stamped with
+    `trigger` and relabelled `attack.target_label` (seeded by the run seed, the round and the
+    partition id)."""
     a = r.cfg.attack
     gen = torch.Generator().manual_seed(shared_seed(r.cfg.seed, r.server_round, POISON_SALT * 100003 + r.partition_id))
-    trigger = trigger_from_config(r.cfg)
-    poisoned = [poison_batch(x, y, trigger, int(a.target_label), float(a.poison_fraction), gen)[:2]
-                for x, y in r.data.batches]
-    trained, loss = r.train_copy(poisoned)
+    return [poison_batch(x, y, trigger, int(a.target_label), float(a.poison_fraction), gen)[:2]
+            for x, y in r.data.batches]
+
+
+def backdoor_round(r: AttackRound, trigger) -> Crafted:
+    """The backdoor attack's reply with `trigger`: local SGD on `poisoned_batches`, then
+    global + boost * (trained - global) on parameters (boost 1: the trained model itself)."""
+    a = r.cfg.attack
+    trained, loss = r.train_copy(poisoned_batches(r, trigger))
     update = flat_model(trained) - r.global_flat
     if a.boost == 1.0:
         return r.done(update, loss, trained)

@@ -33,7 +33,7 @@ from torch import nn
 
 from fedguard.attacks.accumulative import stealth_stopped
 from fedguard.attacks.craft import AttackData, craft
-from fedguard.attacks.plan import TRIGGER_SALT, VAL_SALT, attack_plan, shared_seed
+from fedguard.attacks.plan import ACCUMULATIVE, TRIGGER_SALT, VAL_SALT, attack_plan, shared_seed
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.models import arrays_from_flat, flat_from_arrays, model_to_arrays
@@ -94,7 +94,7 @@ def malicious_train(cfg, msg: Message, context: Context, model: nn.Module, parti
     server_round = server_round_of(msg)
     stopped = stealth_stopped(cfg, context, server_round, model, data, device)
     train_poisoned = None
-    if cfg.attack.name == "accumulative" and cfg.attack.form == "data" and cfg.sanitizer.name != "none":
+    if cfg.attack.name in ACCUMULATIVE and cfg.attack.form == "data" and cfg.sanitizer.name != "none":
         def train_poisoned(batches, poisoned: bool, buffers: list | None = None):
             trained = copy.deepcopy(model)
             truth = [torch.full((len(y),), poisoned) for _, y in batches]  # crafted: every sample

@@ -25,12 +25,12 @@ def sign_flip(r: AttackRound) -> Crafted:
     return r.done(torch.where(r.mask, -r.honest_update, r.honest_update))
 
 
-@ATTACKS.register("scaling", "replies global + scale * honest update (parameters only)")
+@ATTACKS.register("scaling", "replies global + scale * honest update (parameters only)", knobs=("scale",))
 def scaling(r: AttackRound) -> Crafted:
     return r.done(torch.where(r.mask, r.cfg.attack.scale * r.honest_update, r.honest_update))
 
 
-@ATTACKS.register("gaussian", "replies global + N(0, noise_std^2) on every parameter")
+@ATTACKS.register("gaussian", "replies global + N(0, noise_std^2) on every parameter", knobs=("noise_std",))
 def gaussian(r: AttackRound) -> Crafted:
     gen = torch.Generator().manual_seed(shared_seed(r.cfg.seed, r.server_round, NOISE_SALT * 100003 + r.partition_id))
     noise = torch.randn(r.global_flat.numel(), generator=gen) * r.cfg.attack.noise_std

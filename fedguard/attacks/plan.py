@@ -28,8 +28,12 @@ import numpy as np
 from fedguard.attacks.registries import ATTACKS
 
 PHASES = ("burn_in", "accumulate", "trigger", "after")
-# shared_seed salts: the held-out batch, the trigger batch, gaussian noise, backdoor poisoning
-VAL_SALT, TRIGGER_SALT, NOISE_SALT, POISON_SALT = 1, 2, 3, 4
+# shared_seed salts: the held-out batch, the trigger batch, gaussian noise, backdoor poisoning,
+# fang's draws (server-side), adaptive_md's bootstrap of honest updates
+VAL_SALT, TRIGGER_SALT, NOISE_SALT, POISON_SALT, FANG_SALT, ADAPTIVE_SALT = 1, 2, 3, 4, 5, 6
+# the attacks with the accumulative plan's phases (accumulate rounds, then one trigger round):
+# their rounds are recorded by phase, and the trigger drop is measured at their trigger round
+ACCUMULATIVE = ("accumulative", "adaptive_md")
 
 ATTACKS.add("none", None, "no attacker: every client is honest (`attack_plan` is None, `malicious_set` empty)")
 
@@ -126,12 +130,13 @@ def malicious_set(cfg) -> set[int]:
 
 def round_phase(cfg, server_round: int) -> str:
     """The phase of `server_round` for the records: "clean" without an attack; the plan's
-    burn_in/accumulate/trigger/after for the accumulative attack; for the other attacks, which
-    have no trigger, "attack" in the rounds they attack (so no trigger drop is reported)."""
+    burn_in/accumulate/trigger/after for the accumulative attacks (`ACCUMULATIVE`); for the
+    other attacks, which have no trigger, "attack" in the rounds they attack (so no trigger
+    drop is reported)."""
     plan = attack_plan(cfg)
     if plan is None:
         return "clean"
     phase = plan.phase(server_round)
-    if cfg.attack.name == "accumulative" or phase == "burn_in":
+    if cfg.attack.name in ACCUMULATIVE or phase == "burn_in":
         return phase
     return "attack" if plan.attacking(server_round) else "after"

@@ -75,9 +75,9 @@ def trigger_poison(cfg, x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor,
 
 
 STREAM_POISONS.add("badnets", trigger_poison, "a share of each honest stream stamped with the BadNets patch, "
-                                              "relabelled target_label")
+                                              "relabelled target_label", knobs=("target_label", "patch_size"))
 STREAM_POISONS.add("blend", trigger_poison, "a share of each honest stream blended with a seeded pattern, "
-                                            "relabelled target_label")
+                                            "relabelled target_label", knobs=("target_label", "blend_alpha"))
 
 
 @STREAM_POISONS.register("label_flip", "a share of each honest stream relabelled y -> num_classes - 1 - y")

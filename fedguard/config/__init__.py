@@ -13,7 +13,11 @@ Where things are:
 - `validate`: `validate(cfg)`, the group checks and the checks across groups;
 - `errors`: `ConfigError` and how a check fails;
 - `flat`: `flatten` / `from_flat` for `context.run_config`, and pyproject's app-config table;
-- `files`: `compose` (as `fedguard run` composes `configs/`) and `resume_config`.
+- `files`: `compose` (as `fedguard run` composes `configs/`) and `resume_config`;
+- `keys`: the config's keys against the schema (unknown `+key`, removed `~key`), the warnings
+  about knobs the selected entry does not read, Hydra's composition errors as one line;
+- `describe`: every knob with its default and description (its field's `# comment`), and which
+  entry of a registry reads which (`fedguard list`).
 """
 
 from fedguard.config.errors import ConfigError

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from typing import get_args
 
 from fedguard.attacks import ATTACKS
+from fedguard.attacks.adaptive_md import ADAPTIVE_BLENDS
+from fedguard.attacks.agr_agnostic import PERTURBATIONS
 from fedguard.attacks.backdoor import TRIGGER_TYPES
+from fedguard.attacks.dba import dba_grid
+from fedguard.attacks.fang import FANG_TARGETS
 from fedguard.attacks.objectives import TriggerMode
 from fedguard.config.errors import check_name, fail
 
@@ -29,7 +33,7 @@ class AttackConfig:
     burn_in: int = 0  # minimum clean rounds before accumulating
     accumulate_rounds: int = 0  # 0 = the trigger alone
     trigger_round: int | None = None  # None -> burn_in + accumulate_rounds + 1
-    honest_after: bool = True
+    honest_after: bool = True  # after the trigger round: reply honestly (false: keep attacking to the end)
     sign: int = -1  # accumulation direction sign*grad cos(g_trigger, g_val); -1 pairs with sgd
     trigger_mode: str = "sgd"  # sgd | reverse | val_ascent
     norm_bound: float = 1.0  # trigger update norm, as a multiple of the honest update norm
@@ -60,6 +64,22 @@ class AttackConfig:
     # omniscient, server-side (strategies/omniscient.py)
     alie_z: float | None = None  # alie: mean - z * std; null -> Baruch et al.'s z from n and f
     ipm_eps: float = 0.5  # ipm: reply global - ipm_eps * mean honest update
+    # minmax, minsum: the direction p of mean + gamma * p: unit_vec (-mean/||mean||) | std (-std) | sign (-sign(mean))
+    perturbation: str = "unit_vec"
+    fang_target: str = "trimmed_mean"  # fang: the aggregator attacked: trimmed_mean (also median) | krum
+    fang_b: float = 2.0  # fang, trimmed_mean: values drawn up to b times beyond the honest extreme (b > 1)
+    # dba: the patch trigger split into this many parts (a grid over the patch: 4 -> its quadrants);
+    # malicious client i stamps part i mod dba_parts; ASR is measured with the whole patch
+    dba_parts: int = 4
+    # neurotoxin: fraction of the parameter coordinates, the largest |honest update| of the round,
+    # the backdoor training leaves untouched (the paper's top-k%, masked out)
+    neurotoxin_topk: float = 0.01
+    # adaptive_md (the accumulative attack that knows mddsc): pseudo-honest updates (bootstrap of
+    # the round's batches) added to the attacker's own honest one to estimate the MD threshold
+    adaptive_samples: int = 2
+    adaptive_margin: float = 1.0  # adaptive_md: keep the MD under margin * the estimated threshold
+    # adaptive_md: how the crafted update is shrunk: mix (convex mix with the honest update) | scale (toward 0)
+    adaptive_blend: str = "mix"
 
 
 def validate_attack(a) -> None:
@@ -94,6 +114,8 @@ def validate_attack(a) -> None:
         fail("attack.stealth_drop", a.stealth_drop, "an accuracy drop > 0 (a fraction), or null to never stop")
     _validate_backdoor(a)
     _validate_omniscient(a)
+    _validate_dba_neurotoxin(a)
+    _validate_adaptive(a)
 
 
 def _validate_backdoor(a) -> None:
@@ -114,3 +136,32 @@ def _validate_omniscient(a) -> None:
         fail("attack.alie_z", a.alie_z, "a value >= 0, or null for Baruch et al.'s z from n and f")
     if a.ipm_eps <= 0:
         fail("attack.ipm_eps", a.ipm_eps, "a positive factor")
+    if a.perturbation not in PERTURBATIONS:
+        fail("attack.perturbation", a.perturbation, ", ".join(PERTURBATIONS))
+    if a.fang_target not in FANG_TARGETS:
+        fail("attack.fang_target", a.fang_target, ", ".join(FANG_TARGETS))
+    if not a.fang_b > 1:
+        fail("attack.fang_b", a.fang_b, "a factor > 1")
+
+
+def _validate_dba_neurotoxin(a) -> None:
+    if a.dba_parts < 1:
+        fail("attack.dba_parts", a.dba_parts, "an integer >= 1")
+    if a.name == "dba":
+        if a.trigger_type != "patch":
+            fail("attack.trigger_type", a.trigger_type, "patch with attack=dba (the patch is split into parts)")
+        rows, cols = dba_grid(a.dba_parts)
+        if a.patch_size < cols:
+            fail("attack.patch_size", a.patch_size,
+                 f">= {cols} with attack.dba_parts={a.dba_parts} (a {rows} x {cols} grid over the patch)")
+    if not 0.0 <= a.neurotoxin_topk < 1.0:
+        fail("attack.neurotoxin_topk", a.neurotoxin_topk, "a fraction in [0, 1)")
+
+
+def _validate_adaptive(a) -> None:
+    if a.adaptive_samples < 0:
+        fail("attack.adaptive_samples", a.adaptive_samples, "an integer >= 0")
+    if not a.adaptive_margin > 0:
+        fail("attack.adaptive_margin", a.adaptive_margin, "a positive factor")
+    if a.adaptive_blend not in ADAPTIVE_BLENDS:
+        fail("attack.adaptive_blend", a.adaptive_blend, ", ".join(ADAPTIVE_BLENDS))

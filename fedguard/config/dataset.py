@@ -15,13 +15,13 @@ class DatasetConfig:
     val_size: int = 200  # server validation stream (taken from the training split)
     test_size: int = 360  # only for sources without an official test split
     # synthetic source
-    num_samples: int = 20000
-    num_features: int = 64
-    num_classes: int = 10
+    num_samples: int = 20000  # synthetic: samples drawn (pool, validation and test together)
+    num_features: int = 64  # synthetic: length of a feature vector
+    num_classes: int = 10  # synthetic: Gaussian clusters, one per class
     # hub source (flwr-datasets FederatedDataset), for machines online
-    hub_name: str | None = None
-    hub_image_key: str = "image"
-    hub_label_key: str = "label"
+    hub_name: str | None = None  # hub: a Hugging Face dataset id with train and test splits, e.g. ylecun/mnist
+    hub_image_key: str = "image"  # hub: the column holding the images
+    hub_label_key: str = "label"  # hub: the column holding the labels
 
 
 def validate_dataset(ds) -> None:

@@ -36,8 +36,8 @@ class ThresholdConfig:
     k: float = 2.5  # robust: flag above median + k * spread of log-MD
     min_log_spread: float = 0.1  # robust: spread floor (log units): flag >= e^(k*0.1) x median
     window: int = 5  # rounds of accepted scores pooled by the robust rule
-    tau0: float = 0.5
-    slope: float = 0.02
+    tau0: float = 0.5  # schedule: the threshold at round 0
+    slope: float = 0.02  # schedule: the threshold's growth per round
 
 
 @dataclass
@@ -45,9 +45,9 @@ class CorrectionConfig:
     """mddsc: what happens to a flagged update."""
     method: str = "drop"  # drop | scale | pgd (MNIST: scaled accumulation updates still accumulate; drop closes the gap to clean)
     scale_iters: int = 8  # scale: bisection steps (alpha within 2**-scale_iters of the threshold's edge)
-    pgd_eps: float = 0.5  # L2 radius, as a fraction of the update norm
-    pgd_steps: int = 10
-    pgd_lr: float = 0.05
+    pgd_eps: float = 0.5  # pgd: L2 radius, as a fraction of the update norm
+    pgd_steps: int = 10  # pgd: projected gradient steps
+    pgd_lr: float = 0.05  # pgd: step size
 
 
 @dataclass

@@ -19,7 +19,7 @@ class DSCConfig:
     step: float = 0.02  # signed-gradient step size
     steps: int = 10  # at most this many steps per batch
     tau0: float = 0.5  # threshold tau0 + slope * t (t = the client's online step count)
-    slope: float = 0.02
+    slope: float = 0.02  # the threshold's growth per online step
     # historical model = the global model the client saw this many participations ago (0 = this round's)
     history_lag: int = 1
     # instead, the global model received in this round (or at its first participation after

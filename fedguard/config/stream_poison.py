@@ -17,7 +17,7 @@ class StreamPoisonConfig:
     label_flip relabels y -> 9 - y (y -> (y + 1) % C for C != 10 classes)."""
     name: str = "none"  # a poison of fedguard.attacks.STREAM_POISONS
     rate: float = 0.05  # fraction of each honest client's stream samples that are poisoned
-    target_label: int = 0  # badnets / blend
+    target_label: int = 0  # badnets / blend: the class the poisoned samples are relabelled to
     patch_size: int = 3  # badnets: patch side in pixels (vectors: the last patch_size features)
     blend_alpha: float = 0.2  # blend: x <- (1 - alpha) x + alpha pattern (pattern seeded by `seed`)
 

@@ -1,21 +1,24 @@
 """`validate(cfg)`: every check that types alone cannot express, run before Ray starts.
 
 Each group checks its own values (`validate_<group>`, beside its schema); the checks here
-relate groups to each other or to the machine (files on disk, Ray actors)."""
+relate groups to each other or to the machine (files on disk, Ray actors). First of all, the
+config must have the schema's keys, no more (`keys.check_known_keys`). Reading the dataset
+files through (`fedguard.preflight`) is left to `fedguard run`'s pre-flight."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedguard.config.attack import validate_attack
 from fedguard.config.backend import validate_backend
 from fedguard.config.dataset import validate_dataset
 from fedguard.config.defense import validate_defense
-from fedguard.config.errors import fail
+from fedguard.config.errors import ConfigError, fail
 from fedguard.config.faults import validate_faults
+from fedguard.config.keys import check_known_keys
 from fedguard.config.model import validate_model
 from fedguard.config.partitioner import validate_partitioner
 from fedguard.config.sanitizer import validate_sanitizer
@@ -27,6 +30,8 @@ from fedguard.sampling import sampled_count
 
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` (naming the key, the value and what is allowed) at the first bad value."""
+    check_known_keys(cfg)
+    _required_values_are_set(cfg)
     validate_run(cfg)
     validate_dataset(cfg.dataset)
     validate_model(cfg.model)
@@ -46,6 +51,16 @@ def validate(cfg: DictConfig) -> None:
     _virtual_clients_carry_the_sanitizer_state(cfg)
     _resume_dir_holds_a_run(cfg)
     _dataset_files_are_there(cfg)
+
+
+def _required_values_are_set(cfg) -> None:
+    """A `???` of an option file (`dataset=mnist`'s `dataset.root`) must be given."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        group = missing[0].split(".")[0]
+        option = f" by {group}={cfg[group].name}" if group in cfg and "name" in cfg[group] else ""
+        raise ConfigError(f"config error: {missing[0]} is required{option} (it has no default); "
+                          f"set {missing[0]}=...")
 
 
 def _sampled(cfg) -> int:

@@ -27,7 +27,7 @@ def _iid(num_partitions: int, seed: int, alpha: float, min_partition_size: int, 
 
 
 @PARTITIONERS.register("dirichlet", "label shares drawn from Dirichlet(partitioner.alpha), at least "
-                       "partitioner.min_partition_size samples each")
+                       "partitioner.min_partition_size samples each", knobs=("alpha", "min_partition_size"))
 def _dirichlet(num_partitions: int, seed: int, alpha: float, min_partition_size: int, shards_per_client: int):
     from flwr_datasets.partitioner import DirichletPartitioner
 
@@ -35,7 +35,8 @@ def _dirichlet(num_partitions: int, seed: int, alpha: float, min_partition_size:
                                 min_partition_size=min_partition_size, self_balancing=False, seed=seed)
 
 
-@PARTITIONERS.register("shards", "pathological non-IID: partitioner.shards_per_client label-sorted shards each")
+@PARTITIONERS.register("shards", "pathological non-IID: partitioner.shards_per_client label-sorted shards each",
+                       knobs=("shards_per_client",))
 def _shards(num_partitions: int, seed: int, alpha: float, min_partition_size: int, shards_per_client: int):
     from flwr_datasets.partitioner import ShardPartitioner
 

@@ -7,12 +7,16 @@ eps=0.2 mean what the papers mean); the synthetic source yields feature vectors 
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +91,118 @@ def cifar10_files(root: Path) -> str | None:
     if root.is_dir() and (list(root.glob("*.npz")) or all((root / b).is_file() for b in CIFAR_BATCHES)):
         return None
     return "a CIFAR-10 python-batches directory (data_batch_1..5, test_batch) or an .npz with x_train,y_train,x_test,y_test"
+
+
+def _idx_problem(path: Path) -> tuple[str | None, tuple[int, ...]]:
+    """(what is wrong with the IDX file `path`, None if nothing; its dims). Reads it through
+    once, in chunks: a gzip stream must be complete and pass its CRC, and the data must be
+    exactly as long as the header says."""
+    dims: tuple[int, ...] = ()
+    got = 0
+    try:
+        with _open_maybe_gz(path) as fh:
+            head = fh.read(4)
+            if len(head) < 4:
+                return f"{path}: empty or shorter than an IDX header (a failed download?)", dims
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+                return f"{path}: not an unsigned-byte IDX file (its header starts {head.hex()})", dims
+            raw = fh.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                return f"{path}: truncated inside its IDX header", dims
+            dims = struct.unpack(">" + "I" * ndim, raw)
+            while chunk := fh.read(1 << 16):
+                got += len(chunk)
+    except EOFError:
+        expected = int(np.prod(dims)) if dims else 0
+        return (f"{path}: truncated: its gzip stream ends after about {got:,} of the {expected:,} data bytes its "
+                "IDX header announces (a partial download? fetch it again)"), dims
+    except (gzip.BadGzipFile, zlib.error, OSError) as err:
+        return f"{path}: unreadable: {err} (a corrupt download? fetch it again)", dims
+    expected = int(np.prod(dims))
+    if got != expected:
+        return (f"{path}: its IDX header says {'x'.join(map(str, dims))} ({expected:,} data bytes) but it holds "
+                f"{got:,} (truncated or not an MNIST file)"), dims
+    return None, dims
+
+
+def verify_mnist(root: Path) -> str | None:
+    """None when the four MNIST IDX files in `root` are readable, complete and agree (as many
+    labels as images), else what is wrong, naming the file (the pre-flight of `fedguard run`)."""
+    missing = mnist_files(root)
+    if missing:
+        return missing
+    count = {}
+    for key, stem in MNIST_FILES.items():
+        problem, dims = _idx_problem(_find(root, stem))
+        if problem:
+            return problem
+        count[key] = dims[0]
+    for part in ("train", "test"):
+        if count[f"{part}_x"] != count[f"{part}_y"]:
+            return (f"{_find(root, MNIST_FILES[f'{part}_x'])} holds {count[f'{part}_x']:,} images but "
+                    f"{_find(root, MNIST_FILES[f'{part}_y'])} {count[f'{part}_y']:,} labels")
+    return None
+
+
+CIFAR_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def verify_cifar10(root: Path) -> str | None:
+    """None when `root`'s CIFAR-10 (.npz or python batches) is readable and complete, else
+    what is wrong, naming the file (the pre-flight of `fedguard run`)."""
+    missing = cifar10_files(root)
+    if missing:
+        return missing
+    npz = root if root.is_file() else next(iter(sorted(root.glob("*.npz"))), None)
+    if npz is not None:
+        try:
+            with zipfile.ZipFile(npz) as zf:
+                bad, names = zf.testzip(), zf.namelist()
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+            return f"{npz}: not a readable .npz ({err}; truncated?)"
+        if bad is not None:
+            return f"{npz}: its member {bad} is corrupt (CRC mismatch)"
+        absent = [k for k in CIFAR_ARRAYS if f"{k}.npy" not in names]
+        return f"{npz}: no array {', '.join(absent)} (it needs {', '.join(CIFAR_ARRAYS)})" if absent else None
+    for name in CIFAR_BATCHES:
+        path = root / name
+        try:
+            with open(path, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            n = len(d[b"labels"])
+            if np.asarray(d[b"data"]).size != n * 3072:
+                return f"{path}: {np.asarray(d[b'data']).size} pixel values for {n} labels (expected {n} x 3072)"
+        except (EOFError, pickle.UnpicklingError, OSError, KeyError, TypeError, ValueError) as err:
+            return f"{path}: not a readable CIFAR-10 batch ({type(err).__name__}: {err}; truncated?)"
+    return None
+
+
+def verify_hub(name: str, timeout: float = 5.0) -> str | None:
+    """None when the Hugging Face hub can serve dataset `name`: reachable (one request with a
+    `timeout`), or, offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), `name` in the local cache.
+    Else why not (the pre-flight of `fedguard run`: the loader itself retries for a minute)."""
+    from huggingface_hub import constants
+
+    offline_env = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+                   if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")]
+    if offline_env:
+        datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets"))
+        cached = [Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}",
+                  datasets_cache / name.replace("/", "___")]
+        if any(p.exists() for p in cached):
+            return None
+        return (f"offline ({'='.join([offline_env[0], os.environ[offline_env[0]]])}) and dataset.hub_name={name} is "
+                f"not in the local caches ({cached[0].parent}, {cached[1].parent})")
+    import httpx
+
+    url = f"{constants.ENDPOINT}/api/datasets/{name}"
+    try:
+        httpx.head(url, timeout=timeout)
+    except httpx.HTTPError as err:
+        return (f"the Hugging Face hub is unreachable, so dataset=hub cannot load {name}: {type(err).__name__} "
+                f"for {url} ({err}); dataset=hub needs network access (or HF_HUB_OFFLINE=1 with a cached copy)")
+    return None
 
 
 def load_mnist(root: Path) -> tuple[Split, Split]:
@@ -192,20 +308,28 @@ class Source:
     num_classes: int | None = None  # the class count, when known before loading (hub: None)
     sized_by_config: bool = False  # made to measure by dataset.num_samples, num_features, num_classes (synthetic)
     files: Callable[[Path], str | None] | None = None  # on-disk source: what `dataset.root` lacks (None: complete)
+    # the pre-flight of `fedguard run` (given the `dataset` config): what stops the source from
+    # loading, naming the file (read through) or the service; None: nothing. Cheap checks are `files`
+    verify: Callable[[Any], str | None] | None = None
 
 
 DATASETS = Registry("dataset")
 DATASETS.add("digits", Source(lambda a: (load_digits_all(), None), num_classes=10),
-             "scikit-learn's bundled 8x8 digits (1,797 images, offline)")
-DATASETS.add("mnist", Source(lambda a: load_mnist(Path(a.root)), num_classes=10, files=mnist_files),
-             "MNIST from IDX files (gzip or not) in dataset.root")
-DATASETS.add("cifar10", Source(lambda a: load_cifar10(Path(a.root)), num_classes=10, files=cifar10_files),
-             "CIFAR-10 from python batches or an .npz in dataset.root")
+             "scikit-learn's bundled 8x8 digits (1,797 images, offline)", knobs=("test_size",))
+DATASETS.add("mnist", Source(lambda a: load_mnist(Path(a.root)), num_classes=10, files=mnist_files,
+                            verify=lambda ds: verify_mnist(Path(ds.root))),
+             "MNIST from IDX files (gzip or not) in dataset.root", knobs=("root",))
+DATASETS.add("cifar10", Source(lambda a: load_cifar10(Path(a.root)), num_classes=10, files=cifar10_files,
+                              verify=lambda ds: verify_cifar10(Path(ds.root))),
+             "CIFAR-10 from python batches or an .npz in dataset.root", knobs=("root",))
 DATASETS.add("synthetic", Source(lambda a: (make_synthetic(a.num_samples, a.num_features, a.num_classes, a.seed),
                                             None), sized_by_config=True),
-             "seeded Gaussian class clusters of any size")
-DATASETS.add("hub", Source(lambda a: load_hub(a.hub_name, a.hub_image_key, a.hub_label_key)),
-             "a Hugging Face hub dataset (dataset.hub_name) through flwr-datasets (online)")
+             "seeded Gaussian class clusters of any size",
+             knobs=("test_size", "num_samples", "num_features", "num_classes"))
+DATASETS.add("hub", Source(lambda a: load_hub(a.hub_name, a.hub_image_key, a.hub_label_key),
+                          verify=lambda ds: verify_hub(ds.hub_name)),
+             "a Hugging Face hub dataset (dataset.hub_name) through flwr-datasets (online)",
+             knobs=("hub_name", "hub_image_key", "hub_label_key"))
 
 
 def expected_files(name: str, root: Path) -> str | None:

@@ -319,7 +319,7 @@ def clean_set_from_config(cfg, size: int | None = None) -> tuple[Tensor, Tensor]
 
 # --------------------------------------------------------------------------- the sanitiser
 @SANITIZERS.register("confusion", "Confusion Training: flag the samples a model confused by randomly relabelled "
-                     "clean data still fits, per class (Qi et al., USENIX Security 2023)")
+                     "clean data still fits, per class (Qi et al., USENIX Security 2023)", knobs=("window", "every"))
 class ConfusionSanitizer(WindowSanitizer):
     name = "confusion"
     state_key = "confusion"

@@ -177,7 +177,7 @@ def small_clusters(cluster: Tensor, y: Tensor, max_size: int) -> Tensor:
 
 
 @SANITIZERS.register("epic", "EPIC: drop the samples isolated in logit-gradient space, per class, from the "
-                     "stream window (Yang et al., ICML 2022)")
+                     "stream window (Yang et al., ICML 2022)", knobs=("window", "every"))
 class EPICSanitizer(WindowSanitizer):
     name = "epic"
     state_key = "epic"

@@ -260,7 +260,7 @@ class WeakLearner:
 
 # --------------------------------------------------------------------------- the sanitiser
 @SANITIZERS.register("ispl", "incompatibility clustering: weak learners of self-compatible subsets vote out "
-                     "mislabelled samples of the stream window (Jin et al., ICLR 2023)")
+                     "mislabelled samples of the stream window (Jin et al., ICLR 2023)", knobs=("window", "every"))
 class ISPLSanitizer(WindowSanitizer):
     name = "ispl"
     state_key = "ispl"
