@@ -88,19 +88,19 @@ def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return input_shape
 
 
-@MODELS.register("mlp", "two hidden dense layers of `model.hidden` units over the flattened input")
+@MODELS.register("mlp", "two hidden dense layers of `model.hidden` units over the flattened input", knobs=("hidden",))
 def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
     return MLP(math.prod(input_shape), num_classes, hidden)
 
 
-@MODELS.register("cnn", "two conv blocks and two dense layers (`model.hidden`), for images")
+@MODELS.register("cnn", "two conv blocks and two dense layers (`model.hidden`), for images", knobs=("hidden",))
 def _cnn(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
     channels, side, _ = _image_shape("cnn", input_shape)
     return CNN(channels, side, num_classes, hidden)
 
 
 @MODELS.register("cnn_bn", "the cnn with BatchNorm after each convolution (running statistics are exchanged "
-                           "with the weights)")
+                           "with the weights)", knobs=("hidden",))
 def _cnn_bn(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
     channels, side, _ = _image_shape("cnn_bn", input_shape)
     return CNN(channels, side, num_classes, hidden, batch_norm=True)
