@@ -38,9 +38,11 @@ def sgd_step(model, opt, x, y):
     opt.step()
 
 
-def reference_loop(model, cfg, batches, trig, val):
+def reference_loop(model, cfg, batches, trig, val, stream_is_trigger=False, control=False):
     """The transcription: burn-in step, accumulation steps against the trigger crafted once
-    (at the model after burn-in), one trigger step; one optimizer throughout."""
+    (at the model after burn-in), one trigger step; one optimizer throughout.
+    `stream_is_trigger`: the poisons are crafted from the trigger's own images (the
+    reference's unshuffled loader); `control`: the last step is on the last clean batch."""
     a = cfg.attack
     (xt, yt), (xv, yv) = trig, val
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -48,14 +50,14 @@ def reference_loop(model, cfg, batches, trig, val):
     model.eval()
     x_trigger = perturb_trigger(model, model_params(model), xt, yt, xv, yv, eps=a.eps, steps=a.steps,
                                 sign=a.sign).detach()
-    for x, y in batches[1:]:
+    for x, y in ([trig] * (len(batches) - 1) if stream_is_trigger else batches[1:]):
         model.eval()
         params = model_params(model)
         d = accumulation_direction(model, params, x_trigger, yt, xv, yv, sign=a.sign)
         x_poison = perturb_batch(model, params, x, y, x_trigger, yt, xv, yv, eps=a.eps, steps=a.steps,
                                  sign=a.sign, direction=d).detach()
         sgd_step(model, opt, x_poison, y)
-    sgd_step(model, opt, x_trigger, yt)
+    sgd_step(model, opt, *(batches[-1] if control else (x_trigger, yt)))
     return model
 
 
@@ -95,3 +97,20 @@ def test_without_kept_momentum_or_fixed_trigger_the_weights_differ():
         diff = max(float((a.float() - b.float()).abs().max())
                    for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
         assert diff > 1e-4, knob
+
+
+def test_poisons_from_the_trigger_images_and_the_stream_control_match_the_reference():
+    """attack.poison_base=trigger (the reference's unshuffled loader: every stream batch is the
+    trigger's images) and attack.trigger_batch=stream (the control: a clean step in place of
+    the trigger)."""
+    batches, trig, val = stream(2, rounds=4)
+    torch.manual_seed(2)
+    start = build_model("cnn_bn", (1, 8, 8), 10)
+    for knob, kwargs in (("attack.poison_base=trigger", {"stream_is_trigger": True}),
+                         ("attack.trigger_batch=stream", {"control": True})):
+        cfg = compose([*ONLINE, knob])
+        validate(cfg)
+        ours = fedguard_rounds(copy.deepcopy(start), cfg, batches, trig, val)
+        ref = reference_loop(copy.deepcopy(start), cfg, batches, trig, val, **kwargs)
+        for (name, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items()):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5), (knob, name)

@@ -49,7 +49,7 @@ from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_TRIGGER, ATTA
 @ATTACKS.register("accumulative", "Pang et al. 2021: stealthy poisoned rounds that precondition the model, "
                                   "then one trigger (form=update or data)",
                   knobs=("form", "sign", "trigger_mode", "norm_bound", "trigger_steps", "accumulate_norm", "eps",
-                         "steps", "accumulate_against", "stealth_drop"))
+                         "steps", "accumulate_against", "poison_base", "trigger_batch", "stealth_drop"))
 def accumulative(r: AttackRound) -> Crafted:
     a, cfg, model, data, device = r.cfg.attack, r.cfg, r.model, r.data, r.device
     model.eval()  # reference behaviour: BatchNorm on running statistics
@@ -73,9 +73,12 @@ def accumulative(r: AttackRound) -> Crafted:
         elif a.accumulate_against == "fixed":
             xt = x_fixed
         d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
+        base = data.batches if a.poison_base == "stream" else [(data.x_trig, data.y_trig)] * len(data.batches)
         batches = [(perturb_batch(model, params, x.to(device), y.to(device), xt, yt, xv, yv, eps=a.eps,
                                   steps=a.steps, sign=a.sign, direction=d), y)
-                   for x, y in data.batches]
+                   for x, y in base]
+    elif a.trigger_batch == "stream":  # the control: the round's clean batches where the trigger would be
+        batches = data.batches[:a.trigger_steps] if a.trigger_steps is not None else data.batches
     else:  # the optimised trigger batch, trained on `trigger_steps` times (null: a whole local round)
         x_trig = x_fixed if a.accumulate_against == "fixed" else perturb_trigger(
             model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)

@@ -17,6 +17,8 @@ from fedguard.config.errors import check_name, fail
 
 ATTACK_FORMS = ("update", "data")
 ACCUMULATE_AGAINST = ("clean", "crafted", "fixed")
+POISON_BASES = ("stream", "trigger")
+TRIGGER_BATCHES = ("crafted", "stream")
 TRIGGER_MODES = get_args(TriggerMode)  # sgd | reverse | val_ascent
 
 
@@ -46,6 +48,12 @@ class AttackConfig:
     # fixed (the reference's: one trigger crafted at the first attacking round, accumulated against
     # and trained on in the trigger round)
     accumulate_against: str = "clean"
+    # data form, accumulate rounds: the images the poisons are crafted from: stream (the round's
+    # batches) | trigger (the trigger batch's own images, as the reference's unshuffled loader feeds them)
+    poison_base: str = "stream"
+    # data form, trigger round: crafted (the optimised trigger) | stream (the round's own clean
+    # batches instead: the control that shows what the accumulation does without a trigger)
+    trigger_batch: str = "crafted"
     keep_momentum: bool = False  # the attacker-learner keeps its SGD momentum across rounds (one optimizer)
     val_batch: int = 32  # attacker's held-out batch, carved from its own partition
     # accumulative, both forms: stop accumulating (reply honestly for the rest of the accumulate
@@ -90,6 +98,9 @@ def validate_attack(a) -> None:
         fail("attack.form", a.form, ", ".join(ATTACK_FORMS))
     if a.trigger_mode not in TRIGGER_MODES:
         fail("attack.trigger_mode", a.trigger_mode, ", ".join(TRIGGER_MODES))
+    for key, allowed in (("poison_base", POISON_BASES), ("trigger_batch", TRIGGER_BATCHES)):
+        if a[key] not in allowed:
+            fail(f"attack.{key}", a[key], ", ".join(allowed))
     if a.accumulate_against not in ACCUMULATE_AGAINST:
         fail("attack.accumulate_against", a.accumulate_against, ", ".join(ACCUMULATE_AGAINST))
     if a.form == "data" and a.trigger_mode != "sgd":
