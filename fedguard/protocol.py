@@ -35,6 +35,7 @@ GROUND_TRUTH_METRICS = (POISONED, FLAGGED_POISONED)  # simulation ground truth: 
 STATE = "state"  # JSON of the node's Context.state
 RAY_NODE, PID, DEVICE = "ray-node", "pid", "device"
 ATTACK_STOPPED, ATTACK_VAL_ACC = "attack-stopped", "attack-val-acc"  # accumulative attack, stealth rule
+ATTACK_STOPPED_ROUND = "attack-stopped-round"  # the round the stealth rule fired in (0: not yet)
 
 # --- Context.state record names
 STREAM_STATE = "stream"  # ConfigRecord: the stream cursor

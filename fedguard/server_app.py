@@ -38,6 +38,7 @@ from fedguard.models import arrays_to_model, build_model, flat_from_arrays, mode
 from fedguard.progress import RoundProgress
 from fedguard.protocol import (
     ATTACK_STOPPED,
+    ATTACK_STOPPED_ROUND,
     ATTACK_VAL_ACC,
     DEVICE,
     INFO,
@@ -189,10 +190,26 @@ def client_rows(replies: list[Message], partition_of: dict[int, int], notes: Rou
                        actor_pid=info.get(PID), device=info.get(DEVICE))
             row.update(record_fields(metrics))  # stream-poison / sanitiser counts (recorder only)
             if ATTACK_STOPPED in info:  # accumulative attack with attack.stealth_drop (ground truth side)
-                row.update(attack_stopped=bool(info[ATTACK_STOPPED]), attack_val_acc=info.get(ATTACK_VAL_ACC))
+                row.update(attack_stopped=bool(info[ATTACK_STOPPED]), attack_val_acc=info.get(ATTACK_VAL_ACC),
+                           attack_stopped_round=info.get(ATTACK_STOPPED_ROUND))
         row.update(notes.clients.get(node, {}))
         rows.append(row)
     return rows
+
+
+def recorded_phase(run: Run, server_round: int, exch: Exchange) -> str:
+    """The plan's phase of the round (`round_phase`), except under
+    `attack.budget_action=trigger`: the round a malicious client reports its error budget
+    spent is its trigger round, and the plan's accumulate and trigger rounds after it are
+    "after" (simulation ground truth, for the trigger drop of summary.json)."""
+    phase = round_phase(run.cfg, server_round)
+    if run.cfg.attack.budget_action != "trigger" or phase not in ("accumulate", "trigger"):
+        return phase
+    if any(r.get("phase") == "trigger" for r in run.recorder.rounds):
+        return "after"
+    fired = [m for m in exch.replies if not m.has_error()
+             and m.content.config_records.get(INFO, {}).get(ATTACK_STOPPED_ROUND) == server_round]
+    return "trigger" if fired or phase == "trigger" else phase
 
 
 def record(run: Run, server_round: int, exch: Exchange, kept_previous: bool, metrics: dict) -> None:
@@ -200,7 +217,7 @@ def record(run: Run, server_round: int, exch: Exchange, kept_previous: bool, met
     cfg, notes, t = run.cfg, run.notes, run.timing
     defense_s = notes.timing.get("defense_s", 0.0)
     row = {"round": server_round, "accuracy": metrics["accuracy"], "test_loss": metrics["test_loss"],
-           "phase": round_phase(cfg, server_round), "sampled": len(exch.sampled), "replies": len(exch.replies),
+           "phase": recorded_phase(run, server_round, exch), "sampled": len(exch.sampled), "replies": len(exch.replies),
            "failures": sum(m.has_error() for m in exch.replies), "missing": len(exch.missing()),
            "kept_previous_model": kept_previous, "global_norm": float(flat_from_arrays(run.arrays).norm()),
            "round_s": t["train_s"] + t["aggregate_s"] + t["evaluate_s"], "train_s": t["train_s"],

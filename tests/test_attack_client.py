@@ -288,6 +288,33 @@ def test_stealth_drop_client_replies_honestly_after_the_drop(flower_identity, fo
     assert state["reference"] == pytest.approx(heldout_accuracy(good, val.x_val, val.y_val, CPU))
 
 
+def test_budget_action_trigger_fires_the_trigger_when_the_budget_is_spent(flower_identity):
+    """attack.budget_action=trigger (the reference's error budget): the round the rule fires
+    (3) sends the trigger round's reply; every later round, the planned trigger round (5)
+    included, is honest."""
+    cfg = config("accumulative", "rounds=5", "attack.trigger_round=5", "attack.accumulate_rounds=3",
+                 "attack.form=data", "attack.stealth_drop=1e-6", "attack.budget_action=trigger",
+                 "attack.trigger_steps=1")
+    pid = attacker(cfg)
+    ctx, shadow = context(cfg, pid), context(cfg, pid)
+    val = attacker_data(cfg, context(cfg, pid), pid)
+    good, bad = _trained_and_broken(cfg, val.x_val, val.y_val)
+    for rnd, model, honest_expected in ((2, good, False), (3, bad, False), (4, good, True), (5, good, True)):
+        ctx = _carried(cfg, pid, ctx)
+        arrays, _, _, _ = malicious_train(cfg, _train_message(model, rnd), ctx, model, pid, CPU)
+        data = attacker_data(cfg, shadow, pid)
+        honest = flat_from_arrays(model_to_arrays(model)) + honest_update(cfg, model, data.batches)
+        assert torch.allclose(flat_from_arrays(arrays), honest, atol=1e-5) == honest_expected, rnd
+        if rnd == 3:  # one SGD step on the optimised trigger batch, as in the trigger round
+            model.eval()
+            x_trig = perturb_trigger(model, model_params(model), data.x_trig, data.y_trig, data.x_val, data.y_val,
+                                     eps=cfg.attack.eps, steps=cfg.attack.steps, sign=cfg.attack.sign)
+            expected = honest_update(cfg, model, [(x_trig, data.y_trig)])
+            assert torch.allclose(flat_from_arrays(arrays) - flat_from_arrays(model_to_arrays(model)), expected,
+                                  atol=1e-5)
+    assert dict(ctx.state.config_records[ATTACK_STATE])["stopped_round"] == 3
+
+
 def test_stealth_drop_null_keeps_no_state(flower_identity):
     cfg = config("accumulative", *ACC)
     pid = attacker(cfg)

@@ -43,7 +43,7 @@ from fedguard.attacks.objectives import (
 )
 from fedguard.attacks.plan import ACCUMULATIVE, attack_plan
 from fedguard.attacks.registries import ATTACKS
-from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_TRIGGER, ATTACK_VAL_ACC
+from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_STOPPED_ROUND, ATTACK_TRIGGER, ATTACK_VAL_ACC
 
 
 @ATTACKS.register("accumulative", "Pang et al. 2021: stealthy poisoned rounds that precondition the model, "
@@ -137,23 +137,27 @@ def heldout_accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.devic
 
 
 def stealth_stopped(cfg, context: Context, server_round: int, model: nn.Module, data: AttackData,
-                    device: torch.device) -> bool:
-    """Apply the stealth rule for this train call (accumulative attack with `stealth_drop`
-    set, accumulate rounds only; updates Context.state[ATTACK_STATE]); whether to reply honestly."""
+                    device: torch.device) -> int:
+    """Apply the stealth rule for this train call (accumulative attacks with `stealth_drop`
+    set; measured in accumulate rounds only, kept in Context.state[ATTACK_STATE]): the round
+    it fired in, 0 while it has not (see `craft.craft` for what that changes)."""
     a = cfg.attack
-    if a.name not in ACCUMULATIVE or a.stealth_drop is None or attack_plan(cfg).phase(server_round) != "accumulate":
-        return False
+    if a.name not in ACCUMULATIVE or a.stealth_drop is None:
+        return 0
     record = context.state.config_records.get(ATTACK_STATE)
+    if attack_plan(cfg).phase(server_round) != "accumulate":
+        return int(record["stopped_round"]) if record is not None else 0
     acc = heldout_accuracy(model, data.x_val, data.y_val, device)
     state = stealth_step(dict(record) if record is not None else None, acc, a.stealth_drop, server_round)
     context.state.config_records[ATTACK_STATE] = ConfigRecord(state)
-    return state["stopped"]
+    return state["stopped_round"]
 
 
 def attack_info(context: Context) -> dict:
     """Reply ConfigRecord "info" entries of the stealth rule (empty before it ran): whether
-    the client has stopped accumulating and its last held-out accuracy."""
+    the client has stopped accumulating, in which round, and its last held-out accuracy."""
     record = context.state.config_records.get(ATTACK_STATE)
     if record is None:
         return {}
-    return {ATTACK_STOPPED: bool(record["stopped"]), ATTACK_VAL_ACC: float(record["accuracy"])}
+    return {ATTACK_STOPPED: bool(record["stopped"]), ATTACK_STOPPED_ROUND: int(record["stopped_round"]),
+            ATTACK_VAL_ACC: float(record["accuracy"])}

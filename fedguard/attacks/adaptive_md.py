@@ -100,8 +100,8 @@ def adaptive_md(r: AttackRound) -> Crafted:
     update, honest = crafted.update.to(r.device), r.honest_update.to(r.device)
 
     def md_of(beta: float) -> float:
-        return float(md_scores(r.model, global_flat, (global_flat + blended(update, honest, beta, a.adaptive_blend))[None],
-                               x)[0])
+        proposed = global_flat + blended(update, honest, beta, a.adaptive_blend)
+        return float(md_scores(r.model, global_flat, proposed[None], x)[0])
 
     beta = scale_correction(md_of, threshold, int(r.cfg.defense.correction.scale_iters))
     out = blended(update, honest, beta, a.adaptive_blend).cpu()

@@ -129,11 +129,12 @@ class AttackRound:
 
 
 def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: torch.device,
-          num_classes: int, partition_id: int = 0, stopped: bool = False,
+          num_classes: int, partition_id: int = 0, stopped: int = 0,
           train_poisoned: TrainPoisoned | None = None, state: RecordDict | None = None) -> Crafted:
     """The malicious client's update for `server_round`. `model` holds the global weights
-    on `device` and is left unchanged. `stopped` (the stealth rule fired, see
-    `attacks.accumulative.stealth_step`) makes an accumulate round honest.
+    on `device` and is left unchanged. `stopped`: the round the stealth rule fired in (0: it
+    has not; see `attacks.accumulative.stealth_step`): it makes the accumulate rounds honest,
+    or with `attack.budget_action=trigger` fires the trigger in that round (then honest).
     `train_poisoned(batches, poisoned) -> (trained copy, loss, metrics)`, given for the data
     form with a sanitiser, trains the client's batches (the poisoned ones, and the clean ones
     of its honest rounds) through it; without it the data form trains by plain local SGD.
@@ -141,8 +142,12 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
     training the reply comes from is kept there between rounds (one optimizer over the run)."""
     plan = attack_plan(cfg)
     phase, attacking = plan.phase(server_round), plan.attacking(server_round)
-    if stopped and phase == "accumulate":
-        attacking = False
+    if stopped:  # the stealth rule fired in round `stopped` (accumulative attacks)
+        early_trigger = cfg.attack.budget_action == "trigger"
+        if early_trigger and server_round == stopped and phase == "accumulate":
+            phase = "trigger"  # the error budget is spent: fire the trigger now
+        elif phase == "accumulate" or (early_trigger and phase == "trigger"):
+            attacking = False
     global_flat = flat_model(model)
     buffers = load_buffers(state, model) if cfg.attack.keep_momentum else None
     if not attacking and train_poisoned is not None:  # a sanitising learner: every batch through its sanitiser

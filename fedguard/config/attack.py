@@ -18,6 +18,7 @@ from fedguard.config.errors import check_name, fail
 ATTACK_FORMS = ("update", "data")
 ACCUMULATE_AGAINST = ("clean", "crafted", "fixed")
 POISON_BASES = ("stream", "trigger")
+BUDGET_ACTIONS = ("honest", "trigger")
 TRIGGER_BATCHES = ("crafted", "stream")
 TRIGGER_MODES = get_args(TriggerMode)  # sgd | reverse | val_ascent
 
@@ -60,6 +61,10 @@ class AttackConfig:
     # phase; the trigger still fires) once the attacker's held-out accuracy of the global model it
     # receives falls more than this below its accuracy at the start of accumulation. null = never stop
     stealth_drop: float | None = None
+    # when the stealth rule fires: honest (reply honestly for the rest of the accumulate phase;
+    # the trigger fires in trigger_round) | trigger (the reference's error budget: fire the
+    # trigger in that round instead, then reply honestly; its round is recorded as the trigger)
+    budget_action: str = "honest"
     scale: float = 10.0  # scaling: reply global + scale * honest update
     noise_std: float = 1.0  # gaussian: reply global + N(0, noise_std^2) on every parameter
     # backdoor (fedguard/attacks/backdoor.py)
@@ -98,7 +103,8 @@ def validate_attack(a) -> None:
         fail("attack.form", a.form, ", ".join(ATTACK_FORMS))
     if a.trigger_mode not in TRIGGER_MODES:
         fail("attack.trigger_mode", a.trigger_mode, ", ".join(TRIGGER_MODES))
-    for key, allowed in (("poison_base", POISON_BASES), ("trigger_batch", TRIGGER_BATCHES)):
+    for key, allowed in (("poison_base", POISON_BASES), ("trigger_batch", TRIGGER_BATCHES),
+                         ("budget_action", BUDGET_ACTIONS)):
         if a[key] not in allowed:
             fail(f"attack.{key}", a[key], ", ".join(allowed))
     if a.accumulate_against not in ACCUMULATE_AGAINST:

@@ -54,8 +54,11 @@ class CorrectionConfig:
 class DefenseConfig:
     name: str = "fedavg"
     inner: str | None = None  # inner strategy of a wrapper defense
-    trim_beta: float = 0.2  # trimmed_mean: fraction cut at each end
-    assumed_malicious: int | None = None  # f for krum/bulyan; None -> num_malicious
+    # trimmed_mean: the fraction beta cut at each end, int(beta * n) of the n replies per coordinate; to
+    # cut exactly the f malicious the defense assumes, beta = f/n: null -> f / sampled clients, f =
+    # assumed_malicious (null: num_malicious). 0.2 = the f/n of 2 in 10 clients, whatever num_malicious
+    trim_beta: float | None = 0.2
+    assumed_malicious: int | None = None  # f for krum/bulyan/dnc (and trim_beta null); None -> num_malicious
     multikrum_select: int | None = None  # m for multikrum; None -> n - f
     clip_norm: float | None = None  # clipping: fixed bound; None -> median of update norms
     clip_multiplier: float = 1.0  # clipping: bound = multiplier * median norm
@@ -84,8 +87,8 @@ def validate_defense(d) -> None:
     check_name("defense", d.name, DEFENSES)
     if DEFENSES.get(d.name).wraps and d.inner not in inner_names(d.name):
         fail("defense.inner", d.inner, ", ".join(inner_names(d.name)))
-    if not 0.0 <= d.trim_beta < 0.5:
-        fail("defense.trim_beta", d.trim_beta, "a fraction in [0, 0.5)")
+    if d.trim_beta is not None and not 0.0 <= d.trim_beta < 0.5:
+        fail("defense.trim_beta", d.trim_beta, "a fraction in [0, 0.5), or null for f / sampled clients")
     if d.clip_norm is not None and d.clip_norm <= 0:
         fail("defense.clip_norm", d.clip_norm, "a positive norm, or null for adaptive")
     if d.clip_multiplier <= 0:

@@ -82,6 +82,9 @@ def _robust_aggregators_have_enough_clients(cfg) -> None:
              f"(sampled={sampled}, f={f}); lower defense.assumed_malicious or sample more")
     if robust & {"krum", "multikrum"} and sampled < 2 * f + 3:
         fail("defense", d.name, f"krum needs sampled clients >= 2f+3 = {2 * f + 3} (sampled={sampled}, f={f})")
+    if "trimmed_mean" in robust and d.trim_beta is None and not 2 * f < sampled:
+        fail("defense.trim_beta", None, f"a fraction in [0, 0.5): null means f / sampled = {f}/{sampled}, "
+             "which cuts half or more")
 
 
 def _supernodes_serve_the_sampled_clients(cfg) -> None:
