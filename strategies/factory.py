@@ -93,10 +93,23 @@ def _median(ctx: BuildContext) -> Strategy:
     return FedMedian(**_COMMON)
 
 
-@defense("trimmed_mean", "FedTrimmedAvg: the coordinate-wise mean without defense.trim_beta at each end",
-         knobs=("trim_beta",))
+def trim_beta(cfg, sampled: int) -> float:
+    """`defense.trim_beta`, or with null f / sampled (f = `assumed_malicious`): FedTrimmedAvg cuts
+    int(beta * n) of n replies at each end, so a full round cuts exactly f (beta is nudged a hair
+    above f / n so that the float product does not fall just under f)."""
+    beta = cfg.defense.trim_beta
+    if beta is not None:
+        return float(beta)
+    f = assumed_malicious(cfg)
+    if not 0 <= 2 * f < sampled:
+        raise ValueError(f"trim_beta null: f / sampled = {f}/{sampled} must cut fewer than half the replies")
+    return min(f / sampled + 1e-9, 0.5 - 1e-9) if f else 0.0
+
+
+@defense("trimmed_mean", "FedTrimmedAvg: the coordinate-wise mean without defense.trim_beta at each end "
+         "(null: f / sampled clients)", knobs=("trim_beta", "assumed_malicious"))
 def _trimmed_mean(ctx: BuildContext) -> Strategy:
-    return FedTrimmedAvg(beta=ctx.cfg.defense.trim_beta, **_COMMON)
+    return FedTrimmedAvg(beta=trim_beta(ctx.cfg, ctx.sampled), **_COMMON)
 
 
 @defense("krum", "Krum: the update closest to its n-f-2 neighbours (Blanchard et al., 2017)",

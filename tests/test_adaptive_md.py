@@ -58,7 +58,8 @@ def test_margin_sets_how_much_of_the_accumulative_update_goes_through():
     assert loose.phase == "accumulate" and loose.attacking
     assert torch.allclose(loose.update, plain.update, atol=1e-6)
     assert torch.allclose(tight.update, tight.honest_update, atol=1e-6)
-    scaled, _, _ = round_of(config("adaptive_md", *ACC, "attack.adaptive_margin=1e-9", "attack.adaptive_blend=scale"), 2)
+    scaled, _, _ = round_of(config("adaptive_md", *ACC, "attack.adaptive_margin=1e-9",
+                                   "attack.adaptive_blend=scale"), 2)
     assert torch.all(scaled.update == 0)
 
 

@@ -44,3 +44,26 @@ def test_each_new_defense_is_built_from_its_knobs(name, kind):
 def test_fltrust_is_not_an_inner_strategy():
     with pytest.raises(ValueError, match="not a defense.inner"):
         build_aggregator("fltrust", config("fltrust"), 10)
+
+
+def test_trim_beta_null_cuts_exactly_the_assumed_malicious():
+    from flwr.serverapp.strategy import FedTrimmedAvg
+
+    from fedguard.config import ConfigError, compose, validate
+    from strategies.factory import trim_beta
+
+    cfg = config("trimmed_mean")
+    assert build_aggregator("trimmed_mean", cfg, 10).beta == 0.2  # the default is a fixed fraction
+    for n in range(3, 61):
+        for f in range((n - 1) // 2 + 1):
+            cfg.num_malicious, cfg.defense.trim_beta = f, None
+            beta = trim_beta(cfg, n)
+            assert 0 <= beta < 0.5 and int(beta * n) == f  # Flower's trim_mean cuts int(beta * n) per end
+    cfg.defense.trim_beta, cfg.num_malicious, cfg.defense.assumed_malicious = None, 1, 3
+    strategy = build_aggregator("trimmed_mean", cfg, 20)
+    assert isinstance(strategy, FedTrimmedAvg) and int(strategy.beta * 20) == 3  # assumed_malicious wins
+    validate(compose(["defense=trimmed_mean", "defense.trim_beta=null", "num_clients=10", "num_malicious=4",
+                      "attack=sign_flip"]))
+    with pytest.raises(ConfigError, match=r"defense\.trim_beta"):
+        validate(compose(["defense=trimmed_mean", "defense.trim_beta=null", "num_clients=10", "num_malicious=5",
+                          "attack=sign_flip"]))

@@ -28,7 +28,8 @@ Where things are:
   state, the reply). Not imported here: the ClientApp imports it.
 
 A new attack is one module here with a function registered by `@ATTACKS.register(name,
-summary)`, imported below (a server-side one also needs its adapter in `strategies/`).
+summary)`, imported below (a server-side, omniscient one: its math in `omniscient.crafted_updates`,
+placed by the adapter `strategies.omniscient`).
 Nothing here imports `fedguard.config` (the config validates names against these registries).
 """
 

@@ -88,9 +88,7 @@ def adaptive_threshold(r: AttackRound, x: Tensor, global_flat: Tensor) -> float:
 
 @ATTACKS.register("adaptive_md", "the accumulative attack kept under its own estimate of mddsc's MD threshold "
                                  "(mix with the honest update, or scale)",
-                  knobs=("form", "sign", "trigger_mode", "norm_bound", "trigger_steps", "accumulate_norm", "eps",
-                         "steps", "accumulate_against", "stealth_drop", "adaptive_samples", "adaptive_margin",
-                         "adaptive_blend"))
+                  knobs=(*ATTACKS.entry("accumulative").knobs, "adaptive_samples", "adaptive_margin", "adaptive_blend"))
 def adaptive_md(r: AttackRound) -> Crafted:
     crafted = accumulative(r)
     a = r.cfg.attack
