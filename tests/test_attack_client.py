@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from fedguard.attacks.accumulative import attack_info, heldout_accuracy, stealth_step
 from fedguard.attacks.client import attacker_data, heldout_split, malicious_train
 from fedguard.attacks.craft import craft
-from fedguard.attacks.objectives import model_params, perturb_trigger
+from fedguard.attacks.objectives import accumulation_direction, model_params, perturb_trigger, to_exchanged
 from fedguard.attacks.plan import malicious_ids, malicious_set, round_phase
 from fedguard.client_app import state_json
 from fedguard.config import ConfigError, compose, flatten, validate
@@ -76,6 +76,23 @@ def test_accumulate_round_norm_is_accumulate_norm_times_honest():
     assert torch.allclose(crafted.honest_update, ref, atol=1e-6)
     assert crafted.update.norm().item() == pytest.approx(0.5 * ref.norm().item(), rel=1e-4)
     assert torch.nn.functional.cosine_similarity(crafted.update, ref, dim=0) < 0.99  # not the honest one
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_accumulate_direction_follows_sign_and_per_layer(per_layer):
+    """The update form's accumulate reply is along sign * grad_w of the alignment: the sum of
+    per-layer cosines, or (per_layer=false, the federated reference) one whole-model cosine."""
+    cfg = config("accumulative", *ACC, "attack.sign=1", f"attack.per_layer={str(per_layer).lower()}")
+    crafted, data, model = round_of(cfg, 2)
+    model.eval()
+    params = model_params(model)
+    d = accumulation_direction(model, params, data.x_trig, data.y_trig, data.x_val, data.y_val, sign=1,
+                               per_layer=per_layer)
+    expected = to_exchanged(model, d, params)
+    assert torch.nn.functional.cosine_similarity(crafted.update, expected, dim=0) > 0.9999
+    other = to_exchanged(model, accumulation_direction(model, params, data.x_trig, data.y_trig, data.x_val,
+                                                       data.y_val, sign=1, per_layer=not per_layer), params)
+    assert torch.nn.functional.cosine_similarity(crafted.update, other, dim=0) < 0.9999
 
 
 def test_trigger_round_norm_is_norm_bound_times_honest():

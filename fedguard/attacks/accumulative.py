@@ -49,7 +49,8 @@ from fedguard.protocol import ATTACK_STATE, ATTACK_STOPPED, ATTACK_STOPPED_ROUND
 @ATTACKS.register("accumulative", "Pang et al. 2021: stealthy poisoned rounds that precondition the model, "
                                   "then one trigger (form=update or data)",
                   knobs=("form", "sign", "trigger_mode", "norm_bound", "trigger_steps", "accumulate_norm", "eps",
-                         "steps", "accumulate_against", "poison_base", "trigger_batch", "stealth_drop"))
+                         "steps", "per_layer", "accumulate_against", "poison_base", "trigger_batch", "stealth_drop",
+                         "budget_action"))
 def accumulative(r: AttackRound) -> Crafted:
     a, cfg, model, data, device = r.cfg.attack, r.cfg, r.model, r.data, r.device
     model.eval()  # reference behaviour: BatchNorm on running statistics
@@ -59,29 +60,30 @@ def accumulative(r: AttackRound) -> Crafted:
     ref = float(r.honest_update.norm())
     if a.form == "update":
         if r.phase == "accumulate":
-            d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
+            d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign, per_layer=a.per_layer)
             return r.done(to_exchanged(model, scale_to_norm(d, a.accumulate_norm * ref), params))
         steps = a.trigger_steps if a.trigger_steps is not None else cfg.local_steps
         u = trigger_update(model, params, xt, yt, xv, yv, mode=a.trigger_mode, lr=cfg.lr, steps=steps)
         return r.done(to_exchanged(model, scale_to_norm(u, a.norm_bound * ref), params))
     if a.accumulate_against == "fixed":  # the reference's protocol: one trigger, crafted once, throughout
         x_fixed = fixed_trigger(r, lambda: perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps,
-                                                           sign=a.sign))
+                                                           sign=a.sign, per_layer=a.per_layer))
     if r.phase == "accumulate":  # data form: train on poisoned copies of the stream batches
         if a.accumulate_against == "crafted":  # the trigger the trigger round will train on, for this model
-            xt = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
+            xt = perturb_trigger(model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign,
+                                 per_layer=a.per_layer)
         elif a.accumulate_against == "fixed":
             xt = x_fixed
-        d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign)
+        d = accumulation_direction(model, params, xt, yt, xv, yv, sign=a.sign, per_layer=a.per_layer)
         base = data.batches if a.poison_base == "stream" else [(data.x_trig, data.y_trig)] * len(data.batches)
         batches = [(perturb_batch(model, params, x.to(device), y.to(device), xt, yt, xv, yv, eps=a.eps,
-                                  steps=a.steps, sign=a.sign, direction=d), y)
+                                  steps=a.steps, sign=a.sign, per_layer=a.per_layer, direction=d), y)
                    for x, y in base]
     elif a.trigger_batch == "stream":  # the control: the round's clean batches where the trigger would be
         batches = data.batches[:a.trigger_steps] if a.trigger_steps is not None else data.batches
     else:  # the optimised trigger batch, trained on `trigger_steps` times (null: a whole local round)
         x_trig = x_fixed if a.accumulate_against == "fixed" else perturb_trigger(
-            model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign)
+            model, params, xt, yt, xv, yv, eps=a.eps, steps=a.steps, sign=a.sign, per_layer=a.per_layer)
         batches = [(x_trig, yt)] * (a.trigger_steps if a.trigger_steps is not None else cfg.local_steps)
     if r.train_poisoned is None:
         trained, loss = r.train_copy(batches)

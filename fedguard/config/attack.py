@@ -38,6 +38,9 @@ class AttackConfig:
     trigger_round: int | None = None  # None -> burn_in + accumulate_rounds + 1
     honest_after: bool = True  # after the trigger round: reply honestly (false: keep attacking to the end)
     sign: int = -1  # accumulation direction sign*grad cos(g_trigger, g_val); -1 pairs with sgd
+    # the alignment: the sum over layers of cos(g_trigger_l, g_val_l) (the online reference), or
+    # false: one cosine of the whole gradients (the federated reference, with sign 1 and trigger_mode reverse)
+    per_layer: bool = True
     trigger_mode: str = "sgd"  # sgd | reverse | val_ascent
     norm_bound: float = 1.0  # trigger update norm, as a multiple of the honest update norm
     trigger_steps: int | None = None  # SGD steps on the trigger batch (both forms); null -> local_steps (1 = trained on once)
