@@ -156,8 +156,10 @@ def report(paths: list[Path], out: Path | None = None, clean: list[Path] | None 
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    bars = {name: [row[key] for row in rows] for name, key in COLUMNS[:4]}
     plot_comparison({row["run"]: read_jsonl(Path(row["dir"]) / "rounds.jsonl") for row in rows},
-                    {name: [row[key] for row in rows] for name, key in COLUMNS[:4]}, out_dir / "comparison.png")
+                    {name: values for name, values in bars.items() if any(v is not None for v in values)},
+                    out_dir / "comparison.png")  # a metric no run has gets no panel
     console.print(f"comparison table and plot: {out_dir / 'comparison.csv'}, {out_dir / 'comparison.png'}")
     return out_dir
 
