@@ -6,7 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-STARTED = time.perf_counter()  # the command's start: the printed wall time includes start-up
+# when the current job started: the command's start for the first job (its wall time includes
+# the imports and Hydra's start-up), the end of the previous job of a multirun for the next
+_job_started = time.perf_counter()
 USAGE = """usage: fedguard COMMAND ...
 
 Federated-learning simulations of poisoned data streams and the defenses against them
@@ -65,7 +67,9 @@ def _hydra_run() -> None:
         import json
 
         result = json.loads(summary.read_text())
-        wall, rounds_s = time.perf_counter() - STARTED, result["timing"]["total_s"]
+        global _job_started
+        wall, rounds_s = time.perf_counter() - _job_started, result["timing"]["total_s"]
+        _job_started = time.perf_counter()
         print(f"run dir: {cfg.run_dir}  final accuracy: {result['final_accuracy']:.4f}  "
               f"({result['rounds']} rounds in {rounds_s:.1f}s, start-up {wall - rounds_s:.1f}s, wall {wall:.1f}s)")
         return result["final_accuracy"]
