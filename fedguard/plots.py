@@ -23,11 +23,14 @@ def _evaluated(rounds: list[dict]) -> tuple[list[int], list[float]]:
 
 
 def plot_accuracy(rounds: list[dict], path: Path, title: str | None = None) -> None:
+    """Test accuracy per round, the accumulation shaded and the trigger marked."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     rounds_x, acc = _evaluated(rounds)
     ax.plot(rounds_x, acc, marker=".", lw=1.5)
+    shade_accumulation(ax, rounds)
     _mark_trigger(ax, rounds)
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title=title or "global model")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
@@ -79,8 +82,9 @@ def plot_comparison(runs: dict[str, list[dict]], bars: dict[str, list], path: Pa
     plt.close(fig)
 
 
-def plot_md(clients: list[dict], rounds: list[dict], path: Path) -> None:
-    """MD score per client over rounds: malicious red, honest grey; threshold and trigger marked."""
+def plot_md(clients: list[dict], rounds: list[dict], path: Path, title: str | None = None) -> None:
+    """MD score per client over rounds: malicious red, honest grey; the threshold, the trigger,
+    and the updates the defense dropped (x) or corrected (open circle) marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     by_client: dict[int, list[dict]] = {}
     for row in clients:
@@ -95,11 +99,19 @@ def plot_md(clients: list[dict], rounds: list[dict], path: Path) -> None:
     if thresholds:
         ax.scatter([t[0] for t in thresholds], [t[1] for t in thresholds], marker="_", s=250,
                    color="black", lw=2, label="threshold", zorder=3)
+    for action, style in (("drop", dict(marker="x", color="black")),
+                          ("scale", dict(marker="o", facecolors="none", edgecolors="black")),
+                          ("pgd", dict(marker="o", facecolors="none", edgecolors="black"))):
+        hit = [r for r in clients if r.get("correction") == action and r.get("md") is not None]
+        if hit:
+            ax.scatter([r["round"] for r in hit], [r["md"] for r in hit], s=40, zorder=4, **style,
+                       label="dropped" if action == "drop" else f"corrected ({action})")
     _mark_trigger(ax, rounds)
     ax.plot([], [], color="crimson", marker="o", label="malicious")
     ax.plot([], [], color="grey", label="honest")
     ax.set(xlabel="round", ylabel="memorization discrepancy (mean KL)", yscale="log",
-           title="MD per client against the historical global model")
+           title=title or "MD per client against the historical global model")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -229,6 +229,17 @@ class Recorder:
             return None
         return {**detection_rates(self.flags["all"]), "attack_rounds": detection_rates(self.flags["attack"])}
 
+    def title(self) -> str:
+        """The run in a line, for plot titles: dataset/model, defense, attack, stream poison."""
+        sel = lambda key: OmegaConf.select(self.cfg, key, default="none")  # noqa: E731
+        parts = [f"{sel('dataset.name')}/{sel('model.name')}", f"defense={sel('defense.name')}"]
+        if sel("attack.name") != "none":
+            parts.append(f"attack={sel('attack.name')} ({self.cfg.get('num_malicious')} of {self.cfg.get('num_clients')})")
+        for key in ("stream_poison", "sanitizer"):
+            if sel(f"{key}.name") != "none":
+                parts.append(f"{key}={sel(f'{key}.name')}")
+        return "  ".join(parts)
+
     def finish(self) -> dict[str, Any]:
         self._rounds_fh.close()
         self._clients_fh.close()
@@ -236,7 +247,7 @@ class Recorder:
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         from fedguard.plots import plot_accuracy, plot_md
 
-        plot_accuracy(self.rounds, self.dir / "accuracy.png")
+        plot_accuracy(self.rounds, self.dir / "accuracy.png", self.title())
         if self.flags["all"]:  # a defense scored updates: draw MD per client
-            plot_md(read_jsonl(self.dir / "clients.jsonl"), self.rounds, self.dir / "md.png")
+            plot_md(read_jsonl(self.dir / "clients.jsonl"), self.rounds, self.dir / "md.png", f"MD per client: {self.title()}")
         return summary

@@ -19,6 +19,9 @@ class RayInitArgs:
     num_cpus: int | None = None  # cap a local Ray instance (null: all cores of this machine)
     num_gpus: int | None = None
     include_dashboard: bool = False
+    # the client actors' output on this console (their "Manually terminating ClientAppActor" at
+    # every exit, ClientApp prints); client errors reach clients.jsonl either way. true to debug
+    log_to_driver: bool = False
 
 
 @dataclass
