@@ -16,6 +16,7 @@ last reported `Context.state` back with its train message.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +57,7 @@ from fedguard.training import pretrain
 from strategies import RoundNotes, build_strategy
 
 app = ServerApp()
+log = logging.getLogger("fedguard")  # under `fedguard run`: RUN_DIR/cli.log
 
 
 def default_run_dir() -> Path:
@@ -232,6 +234,9 @@ def record(run: Run, server_round: int, exch: Exchange, kept_previous: bool, met
     rows = sorted(client_rows(exch.replies, exch.partition_of, notes) + missing,
                   key=lambda r: (r["partition_id"] is None, r["partition_id"]))
     run.recorder.record_round(row, rows)
+    log.info("round %d (%s): accuracy %s, %d/%d replies, %d failed, %d missing%s", server_round, row["phase"],
+             "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}", row["replies"], row["sampled"],
+             row["failures"], row["missing"], ", previous model kept" if kept_previous else "")
 
 
 def save_checkpoint(run: Run, server_round: int) -> None:
@@ -257,6 +262,7 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     """Run `cfg.rounds` rounds on `grid` (continuing from a checkpoint with `resume`);
     returns the summary."""
     run = start(grid, cfg)
+    log.info("run %s: %s, rounds %d-%d", run.run_dir, run.recorder.title(), run.first_round, cfg.rounds)
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
         for rnd in range(run.first_round, cfg.rounds + 1):
             interrupt.check(rnd - 1)  # Ctrl-C: stop between rounds, never inside one
