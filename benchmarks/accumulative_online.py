@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/accumulative_online")
     add_cell_arguments(parser)
     args = parser.parse_args()
-    base = ["+experiment=accumulative_online", *args.set]
+    base = ["+experiment=accumulative_online", *args.set]  # the preset evaluates every round (--evaluate-every unused)
     cells = {(name, seed): [*base, *extra, f"seed={seed}"] for name, extra in VARIANTS.items() for seed in args.seeds}
     summaries = run_cells(Path(args.runs), {f"{k[0]}|{k[1]}": v for k, v in cells.items()}, args.jobs,
                           not args.no_run)

@@ -1,6 +1,6 @@
 """Models (torch), registered by `model.name` in `MODELS`: `mlp` (digits, synthetic), `cnn`
-(MNIST), `resnet18` (CIFAR-10, 3x3 stem); and the conversions between a model and the
-ArrayRecord Flower carries.
+(MNIST), `cnn_bn` (the cnn with BatchNorm), `resnet18` (CIFAR-10, 3x3 stem); and the
+conversions between a model and the ArrayRecord Flower carries.
 
 Only floating-point tensors travel (parameters and BatchNorm running statistics);
 integer buffers such as `num_batches_tracked` stay local, so every aggregator can average.

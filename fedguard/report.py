@@ -81,7 +81,9 @@ def short_labels(configs: list[dict]) -> list[str]:
         if keep:
             differ.append(key)
     differ = differ or ["dataset.name", "defense.name"]
-    return [" ".join(f"{k.removesuffix('.name')}={c.get(k)}" for k in differ) for c in configs]
+    labels = [" ".join(f"{k.removesuffix('.name')}={c.get(k)}" for k in differ) for c in configs]
+    return [f"{label} #{labels[:i].count(label) + 1}" if labels.count(label) > 1 else label  # the same config twice
+            for i, label in enumerate(labels)]
 
 
 def is_clean(config: dict) -> bool:

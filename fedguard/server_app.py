@@ -78,11 +78,16 @@ def check_resume_config(cfg: DictConfig, run_dir: Path) -> None:
 def is_evaluated(cfg: DictConfig, server_round: int) -> bool:
     """Whether round `server_round` evaluates the global model on the test set
     (`evaluate_every`; the first and last rounds and the rounds around an accumulative
-    trigger always do, so summary.json's trigger drop and final accuracy are always there)."""
+    trigger always do, every accumulate round under `attack.budget_action=trigger`, so
+    summary.json's trigger drop and final accuracy are always there)."""
     if cfg.evaluate_every <= 1 or server_round in (1, cfg.rounds) or server_round % cfg.evaluate_every == 0:
         return True
     plan = attack_plan(cfg) if cfg.attack.name in ACCUMULATIVE else None
-    return plan is not None and server_round in (plan.trigger_round - 1, plan.trigger_round)
+    if plan is None:
+        return False
+    if cfg.attack.budget_action == "trigger":  # the trigger may come in any accumulate round
+        return plan.phase(server_round) in ("accumulate", "trigger")
+    return server_round in (plan.trigger_round - 1, plan.trigger_round)
 
 
 @dataclass

@@ -135,7 +135,8 @@ def _bulyan(ctx: BuildContext) -> Strategy:
          "around defense.inner", wraps=True, nests=True, knobs=("inner", "clip_norm", "clip_multiplier"))
 def _clipping(ctx: BuildContext) -> Strategy:
     d = ctx.cfg.defense
-    inner = build_aggregator("fedavg" if d.inner == "clipping" else d.inner, ctx.cfg, ctx.sampled)
+    name = "fedavg" if d.inner == "clipping" else d.inner  # clipping nested in a wrapper clips fedavg
+    inner = DEFENSES.get(name).build(replace(ctx, notes=None))
     return NormClipping(inner, d.clip_norm, d.clip_multiplier, ctx.notes)
 
 
@@ -175,7 +176,7 @@ def _geomed(ctx: BuildContext) -> Strategy:
          "ReLU(cosine) with it (Cao et al., 2021)")
 def _fltrust(ctx: BuildContext) -> Strategy:
     if ctx.model is None or ctx.data is None:
-        raise ValueError("fltrust trains on the server's data: it is a defense of its own, not a defense.inner")
+        raise ValueError("fltrust trains on the server's data: build it with the run's model and data")
     cfg = ctx.cfg
     return FLTrust(ctx.model, ctx.data.val.x, ctx.data.val.y, lr=cfg.lr, momentum=cfg.momentum,
                    local_steps=cfg.local_steps, batch_size=cfg.batch_size, seed=cfg.seed, device=ctx.device,

@@ -46,6 +46,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
+from fedguard.protocol import PARTITION
 from fedguard.defense.history import ModelHistory
 from fedguard.models import flat_from_arrays
 from strategies.base import RoundNotes, StrategyWrapper
@@ -136,6 +137,13 @@ def suspicious(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 # ---------------------------------------------------------------- the strategy
 
+def client_of(msg: Message) -> int:
+    """The client a reply comes from: the partition id it reports (`protocol.PARTITION`, in
+    every fedguard ClientApp reply), else its node id."""
+    metrics = next(iter(msg.content.metric_records.values()), {})
+    return int(metrics[PARTITION]) if PARTITION in metrics else int(msg.metadata.src_node_id)
+
+
 class FLDetector(StrategyWrapper):
     def __init__(self, inner: Strategy, window: int = 10, start: int = 3, seed: int = 0,
                  notes: RoundNotes | None = None):
@@ -144,8 +152,11 @@ class FLDetector(StrategyWrapper):
             raise ValueError(f"fldetector window must be >= 1, got {window}")
         self.window, self.start, self.seed = int(window), int(start), int(seed)
         self.history = ModelHistory(self.window + 2)
-        self.last: dict[int, tuple[int, Tensor]] = {}  # node -> (round, its last update)
-        self.distances: dict[int, deque[tuple[int, float]]] = {}  # node -> (round, normalised distance)
+        # keyed by the client (its partition id: node ids change with every run, and a virtual
+        # client's SuperNode with every round)
+        self.last: dict[int, tuple[int, Tensor]] = {}  # client -> (round, its last update)
+        self._scores: dict[int, float] = {}  # client -> this round's suspicious score
+        self.distances: dict[int, deque[tuple[int, float]]] = {}  # client -> (round, normalised distance)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -156,15 +167,20 @@ class FLDetector(StrategyWrapper):
         base, updates = self.flat_updates(valid)
         if len(self.history) == 0 or self.history.rounds[-1] < server_round - 1:  # first or after a skipped round
             self.history.push(server_round - 1, base)
+        clients = [client_of(m) for m in valid]
         with self.notes.timed("defense_s"):
-            flagged = self._detect(server_round, [m.metadata.src_node_id for m in valid], updates)
-        gone = {id(m) for m in valid if m.metadata.src_node_id in flagged}
+            flagged = self._detect(server_round, clients, updates)
+        for msg, client in zip(valid, clients):
+            self.notes.clients[msg.metadata.src_node_id].update(fld_score=self._scores.get(client),
+                                                                flagged=client in flagged)
+        gone = {id(m) for m, client in zip(valid, clients) if client in flagged}
         arrays, metrics = self.inner.aggregate_train(server_round, [m for m in replies if id(m) not in gone])
         self.history.push(server_round, flat_from_arrays(arrays) if arrays is not None else base)
         return arrays, metrics
 
     def _detect(self, server_round: int, nodes: list[int], updates: list[Tensor]) -> set[int]:
-        """Steps 1-5 for this round's replies; remembers their updates; returns the flagged nodes."""
+        """Steps 1-5 for this round's replies (`nodes`: their clients); remembers their updates
+        and scores (`_scores`); returns the flagged clients."""
         snaps = self.history.reference("all")
         models = np.stack([s.params.double().numpy() for s in snaps])
         at = {s.round: i for i, s in enumerate(snaps)}
@@ -188,7 +204,7 @@ class FLDetector(StrategyWrapper):
             flagged = {node for node, bad in zip(scores, mask) if bad}
         for node, update in zip(nodes, updates):
             self.last[node] = (server_round, update.clone())
-            self.notes.clients[node].update(fld_score=scores.get(node), flagged=node in flagged)
+        self._scores = scores
         return flagged
 
     # ------------------------------------------------------------------ checkpoint

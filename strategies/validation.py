@@ -39,12 +39,15 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
+from fedguard.protocol import ARRAYS as ARRAYS_KEY
+from fedguard.protocol import INFO as INFO_KEY
+from fedguard.protocol import METRICS as METRICS_KEY
+from fedguard.protocol import NUM_EXAMPLES, PARTITION, TRAIN_LOSS, TRAIN_S
 from fedguard.sanitizers import METRICS as SANITIZER_METRICS
 from strategies.base import RoundNotes, StrategyWrapper
 
-ARRAYS_KEY, METRICS_KEY, INFO_KEY = "arrays", "metrics", "info"
-REQUIRED_METRICS = ("num-examples", "train_loss")
-OPTIONAL_METRICS = ("partition-id", "train_s", *SANITIZER_METRICS)  # the latter: recorder only
+REQUIRED_METRICS = (NUM_EXAMPLES, TRAIN_LOSS)
+OPTIONAL_METRICS = (PARTITION, TRAIN_S, *SANITIZER_METRICS)  # the latter: recorder only
 MAX_INFO_BYTES = 1 << 16  # a ConfigRecord "info" larger than this is rejected
 HEADER_SLACK = 256  # bytes per array for the .npy header
 

@@ -203,6 +203,12 @@ def test_phase_and_ground_truth():
     (["attack=accumulative", "num_malicious=1", "attack.sign=2"], "attack.sign"),
     (["attack=accumulative", "num_malicious=1", "attack.stealth_drop=0"], "attack.stealth_drop"),
     (["attack=accumulative", "num_malicious=1", "attack.stealth_drop=-0.1"], "attack.stealth_drop"),
+    (["attack=accumulative", "num_malicious=1", "attack.budget_action=trigger"], "attack.budget_action"),
+    (["attack=accumulative", "num_malicious=1", "attack.poison_base=x"], "attack.poison_base"),
+    (["attack=accumulative", "num_malicious=1", "attack.keep_momentum=true", "backend.num_supernodes=10"],
+     "attack.keep_momentum"),
+    (["attack=accumulative", "num_malicious=1", "attack.form=data", "attack.accumulate_against=fixed",
+      "backend.num_supernodes=10"], "attack.accumulate_against"),
 ])
 def test_invalid_attack_config(overrides, key):
     with pytest.raises(ConfigError, match=f"{key}=.*allowed:"):

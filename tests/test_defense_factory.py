@@ -41,9 +41,14 @@ def test_each_new_defense_is_built_from_its_knobs(name, kind):
     assert DEFENSES.get(name).wraps == (name in ("dnc", "flame", "fldetector"))
 
 
-def test_fltrust_is_not_an_inner_strategy():
-    with pytest.raises(ValueError, match="not a defense.inner"):
-        build_aggregator("fltrust", config("fltrust"), 10)
+def test_fltrust_needs_the_server_data_and_can_be_an_inner():
+    with pytest.raises(ValueError, match="the run's model and data"):
+        build_aggregator("fltrust", config("fltrust"), 10)  # no model, no data
+    cfg = config("clipping")
+    cfg.defense.inner, cfg.defense.clip_norm, cfg.defense.clip_multiplier = "fltrust", None, 1.0
+    data = SimpleNamespace(val=SimpleNamespace(x=np.zeros((8, 4), np.float32), y=np.zeros(8, np.int64)))
+    strategy = DEFENSES.get("clipping").build(BuildContext(cfg, 10, RoundNotes(), nn.Linear(4, 2), data))
+    assert isinstance(strategy.inner, FLTrust)
 
 
 def test_trim_beta_null_cuts_exactly_the_assumed_malicious():

@@ -65,3 +65,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_same_config_twice_gets_two_labels(tmp_path):
+    make_run(tmp_path / "a", 0.9)
+    make_run(tmp_path / "b", 0.8)
+    out = report.report([tmp_path / "a", tmp_path / "b"], out=tmp_path / "rep")
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["run"] for r in rows] == ["dataset=digits defense=fedavg #1", "dataset=digits defense=fedavg #2"]

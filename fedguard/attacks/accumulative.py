@@ -6,8 +6,8 @@ this round (a copy of the global model trained on this round's stream batches).
 
 - form=update: accumulate rounds send `accumulate_norm * ref` along `accumulation_direction`
   (sign * grad_w sum_l cos(g_T, g_val)); the trigger round (and later attacking rounds)
-  sends `norm_bound * ref` along `trigger_update` (`trigger_mode`, `local_steps` steps of
-  size `lr`). Buffers (BatchNorm statistics) stay the global ones.
+  sends `norm_bound * ref` along `trigger_update` (`trigger_mode`, `trigger_steps` steps of
+  size `lr`, null: `local_steps`). Buffers (BatchNorm statistics) stay the global ones.
 - form=data: the client trains (ordinary local SGD) on poisoned data instead:
   `perturb_batch` copies of its stream batches in accumulate rounds, the `perturb_trigger`
   batch (`trigger_steps` times; null: `local_steps` times) in the trigger round. No norm is

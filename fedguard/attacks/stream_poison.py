@@ -36,7 +36,6 @@ from fedguard.attacks.registries import STREAM_POISONS
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 
-BACKDOOR_POISONS = ("badnets", "blend")  # those with a trigger (and an attack success rate)
 _SUBSET_SALT = 0x73747265616D  # "stream"
 
 STREAM_POISONS.add("none", None, "no poison in the honest clients' streams")

@@ -130,6 +130,9 @@ def validate_attack(a) -> None:
     for key in ("eps", "noise_std"):
         if a[key] < 0:
             fail(f"attack.{key}", a[key], "a value >= 0")
+    if a.budget_action == "trigger" and a.stealth_drop is None:
+        fail("attack.budget_action", a.budget_action, "honest, or trigger together with an attack.stealth_drop "
+             "(the error budget it spends)")
     if a.stealth_drop is not None and not a.stealth_drop > 0:
         fail("attack.stealth_drop", a.stealth_drop, "an accuracy drop > 0 (a fraction), or null to never stop")
     _validate_backdoor(a)

@@ -87,6 +87,10 @@ def validate_defense(d) -> None:
     check_name("defense", d.name, DEFENSES)
     if DEFENSES.get(d.name).wraps and d.inner not in inner_names(d.name):
         fail("defense.inner", d.inner, ", ".join(inner_names(d.name)))
+    if d.assumed_malicious is not None and d.assumed_malicious < 0:
+        fail("defense.assumed_malicious", d.assumed_malicious, "an integer >= 0, or null for num_malicious")
+    if d.multikrum_select is not None and d.multikrum_select < 1:
+        fail("defense.multikrum_select", d.multikrum_select, "an integer >= 1, or null for n - f")
     if d.trim_beta is not None and not 0.0 <= d.trim_beta < 0.5:
         fail("defense.trim_beta", d.trim_beta, "a fraction in [0, 0.5), or null for f / sampled clients")
     if d.clip_norm is not None and d.clip_norm <= 0:

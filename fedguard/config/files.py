@@ -26,8 +26,9 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
 
 
 def resume_config(run_dir: str | Path) -> DictConfig:
-    """The config to continue the run in `run_dir`: its saved `config.yaml` (every other
-    override of the resuming command is ignored), with `resume` and `run_dir` set to it."""
+    """The config to continue the run in `run_dir`: its saved `config.yaml` (the pre-flight
+    refuses an override of the resuming command that would change it), with `resume` and
+    `run_dir` set to it."""
     saved = OmegaConf.load(Path(run_dir) / "config.yaml")
     cfg = OmegaConf.merge(OmegaConf.structured(FedGuardConfig), saved)
     cfg.resume = str(run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedguard.config.errors import check_name
+from fedguard.config.errors import check_name, fail
 from fedguard.models import MODELS
 
 
@@ -16,3 +16,5 @@ class ModelConfig:
 
 def validate_model(model) -> None:
     check_name("model", model.name, MODELS)
+    if model.hidden < 1:
+        fail("model.hidden", model.hidden, "a layer width >= 1")

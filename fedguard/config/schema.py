@@ -87,3 +87,5 @@ def validate_run(cfg) -> None:
         fail("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = no checkpoints)")
     if cfg.evaluate_every < 1:
         fail("evaluate_every", cfg.evaluate_every, "an integer >= 1")
+    if cfg.pretrain_epochs < 0:
+        fail("pretrain_epochs", cfg.pretrain_epochs, "an integer >= 0 (0 = start from the initialised model)")

@@ -14,7 +14,7 @@ class StreamPoisonConfig:
     """An outsider's poisons in the HONEST clients' streams (`fedguard/attacks/stream_poison.py`):
     a seeded `rate` of each honest partition's samples is poisoned, the same samples whenever
     they are drawn. badnets/blend stamp the trigger and relabel to `target_label`;
-    label_flip relabels y -> 9 - y (y -> (y + 1) % C for C != 10 classes)."""
+    label_flip relabels y -> C - 1 - y (`attacks.label_flip.flip_label`)."""
     name: str = "none"  # a poison of fedguard.attacks.STREAM_POISONS
     rate: float = 0.05  # fraction of each honest client's stream samples that are poisoned
     target_label: int = 0  # badnets / blend: the class the poisoned samples are relabelled to

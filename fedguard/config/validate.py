@@ -49,6 +49,7 @@ def validate(cfg: DictConfig) -> None:
     _attack_schedule_fits_the_run(cfg)
     _target_labels_are_classes(cfg)
     _virtual_clients_carry_the_sanitizer_state(cfg)
+    _virtual_clients_carry_the_attack_state(cfg)
     _resume_dir_holds_a_run(cfg)
     _dataset_files_are_there(cfg)
 
@@ -151,6 +152,20 @@ def _virtual_clients_carry_the_sanitizer_state(cfg) -> None:
         fail("sanitizer.confusion.warm_start", san.confusion.warm_start,
              "false with virtual clients (backend.num_supernodes): the server carries a client's JSON "
              "state only, not the warm-start model")
+
+
+def _virtual_clients_carry_the_attack_state(cfg) -> None:
+    """Likewise the accumulative attacker's kept momentum and its trigger crafted once live in
+    model-sized records a virtual client does not carry."""
+    a = cfg.attack
+    if cfg.backend.num_supernodes is None or a.name == "none":
+        return
+    why = ("with virtual clients (backend.num_supernodes): the server carries a client's JSON state only, "
+           "not the attacker's {}")
+    if a.keep_momentum:
+        fail("attack.keep_momentum", a.keep_momentum, "false " + why.format("momentum buffers"))
+    if a.accumulate_against == "fixed":
+        fail("attack.accumulate_against", a.accumulate_against, "clean or crafted " + why.format("fixed trigger"))
 
 
 def _resume_dir_holds_a_run(cfg) -> None:

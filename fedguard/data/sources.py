@@ -198,10 +198,12 @@ def verify_hub(name: str, timeout: float = 5.0) -> str | None:
 
     url = f"{constants.ENDPOINT}/api/datasets/{name}"
     try:
-        httpx.head(url, timeout=timeout)
+        status = httpx.head(url, timeout=timeout).status_code
     except httpx.HTTPError as err:
         return (f"the Hugging Face hub is unreachable, so dataset=hub cannot load {name}: {type(err).__name__} "
                 f"for {url} ({err}); dataset=hub needs network access (or HF_HUB_OFFLINE=1 with a cached copy)")
+    if status >= 400:
+        return f"the Hugging Face hub answers HTTP {status} for dataset.hub_name={name} ({url}): a typo, or a gated dataset?"
     return None
 
 

@@ -1,5 +1,5 @@
 """The sanitiser protocol (`Sanitizer`, the `none` sanitiser), the reply metrics every client
-sends, and `SANITIZERS`, the registry the sanitiser modules register into (a leaf module:
+sends (`METRICS`, named in `fedguard/protocol.py`), and `SANITIZERS`, the registry the sanitiser modules register into (a leaf module:
 `fedguard.sanitizers` imports every sanitiser module and re-exports these names).
 
 - `SANITIZERS`: `sanitizer.name` -> the `Sanitizer` subclass; `from_full_config(cfg)` builds it.
@@ -11,18 +11,24 @@ import torch
 from flwr.app import Context
 from torch import Tensor, nn
 
+from fedguard.protocol import (  # noqa: F401 (re-exported: the sanitiser metric names)
+    CORRECTED,
+    DROPPED,
+    FLAGGED,
+    FLAGGED_POISONED,
+    GROUND_TRUTH_METRICS,
+    MD,
+    POISONED,
+    SECONDS,
+    STEPS,
+)
+from fedguard.protocol import SANITIZER_METRICS as METRICS
 from fedguard.registry import Registry
 
 SANITIZERS = Registry("sanitizer")
 
 Batch = tuple[Tensor, Tensor]
 
-# reply MetricRecord keys every client sends (strategies/validation.py allows them)
-POISONED, FLAGGED, FLAGGED_POISONED = "stream-poisoned", "sanitizer-flagged", "sanitizer-flagged-poisoned"
-CORRECTED, STEPS, DROPPED, MD, SECONDS = ("sanitizer-corrected", "sanitizer-steps", "sanitizer-dropped",
-                                          "sanitizer-md", "sanitizer-s")
-METRICS = (POISONED, FLAGGED, FLAGGED_POISONED, CORRECTED, STEPS, DROPPED, MD, SECONDS)
-GROUND_TRUTH_METRICS = (POISONED, FLAGGED_POISONED)  # recorder only
 
 
 def zero_metrics() -> dict[str, float | int]:

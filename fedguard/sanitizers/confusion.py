@@ -88,6 +88,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedguard.models import exchanged_state
+from fedguard.protocol import CONFUSION_BASE
 from fedguard.sanitizers.base import SANITIZERS, STEPS, Batch
 from fedguard.sanitizers.window import WindowSanitizer
 
@@ -95,7 +96,7 @@ WEIGHT_DECAY = 1e-4  # the reference's, both phases
 PRETRAIN_MOMENTUM, CONFUSION_MOMENTUM = 0.9, 0.7  # the reference's
 CLASS_FLOOR_DIV = 50  # distillation keeps at least n_c // 50 samples of each class (the reference's rate_factor)
 EVAL_BATCH = 512
-WARM_KEY = "confusion-base"  # ArrayRecord of Context.state: the warm-start base (not echoed to the server)
+WARM_KEY = CONFUSION_BASE  # ArrayRecord of Context.state: the warm-start base (not echoed to the server)
 
 
 # --------------------------------------------------------------------------- pure pieces

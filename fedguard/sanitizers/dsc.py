@@ -52,10 +52,11 @@ from torch.nn import functional as F
 from fedguard.defense.md import _eval_mode, md_per_sample, unflatten_state
 from fedguard.defense.thresholds import schedule_threshold
 from fedguard.models import exchanged_state
+from fedguard.protocol import DSC_HISTORY, DSC_STATE
 from fedguard.sanitizers.base import CORRECTED, DROPPED, MD, SANITIZERS, STEPS, Batch, Sanitizer
 
-STATE_KEY = "dsc"  # ConfigRecord: t, rounds of the stored snapshots
-HISTORY_KEY = "dsc-history"  # ArrayRecord: the snapshots, oldest first
+STATE_KEY = DSC_STATE  # ConfigRecord: t, rounds of the stored snapshots
+HISTORY_KEY = DSC_HISTORY  # ArrayRecord: the snapshots, oldest first
 
 
 @dataclass

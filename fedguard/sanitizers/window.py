@@ -26,6 +26,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from torch import Tensor, nn
 
+from fedguard.protocol import WINDOW_STATE
 from fedguard.sanitizers.base import DROPPED, Batch, Sanitizer
 
 Fetch = Callable[[np.ndarray], tuple[Tensor, Tensor]]  # pool ids -> (x, y) as the stream gives them
@@ -45,7 +46,7 @@ class WindowSanitizer(Sanitizer):
 
     online = False
     permanent = False  # True: a removed id is never re-admitted
-    state_key = "window"
+    state_key = WINDOW_STATE
 
     def __init__(self, window: int = 1024, every: int = 1):
         super().__init__()
