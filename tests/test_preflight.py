@@ -72,6 +72,7 @@ def test_a_knob_its_entry_does_not_read_is_warned_about(overrides, key):
 @pytest.mark.parametrize("overrides", [
     ["defense=clipping", "defense.inner=median"],
     ["defense=mddsc", "defense.history.size=3"],
+    ["defense=mddsc", "defense.inner=krum", "defense.assumed_malicious=2"],  # read by the wrapper's inner
     ["attack=accumulative", "num_malicious=1", "attack.norm_bound=3", "attack.burn_in=2"],
     ["sanitizer=epic", "sanitizer.window=64", "sanitizer.epic.fraction=0.2"],
     ["dataset.val_size=100", "rounds=3", "hydra.job.name=x"],  # shared by every dataset; not a group's

@@ -86,6 +86,9 @@ def inactive_knob_warnings(cfg: DictConfig, overrides: list[str]) -> list[str]:
         active = cfg[group].name
         if active not in kind.registry or reads(kind, active, key) is not False:
             continue
+        inner = cfg[group].get("inner")  # a wrapper defense: its inner strategy reads its own knobs
+        if inner in kind.registry and reads(kind, inner, key):
+            continue
         who = readers(kind, key)
         by = (f"read by {group}={'|'.join(who)}" if who else f"read by every {group} but none")
         warnings.append(f"warning: {override.input_line} has no effect: {group}={active} does not read {key} ({by})")
