@@ -9,6 +9,7 @@ from typing import get_args
 from fedguard.config.errors import check_name, fail
 from fedguard.defense.history import ReferenceMode
 from strategies import DEFENSES, inner_names
+from strategies.cclip import CCLIP_INITS
 
 MD_REFERENCES = get_args(ReferenceMode)  # lag | oldest | all
 HISTORY_DTYPES = ("float32", "float16", "bfloat16")
@@ -111,9 +112,6 @@ def validate_defense(d) -> None:
         fail("defense.threshold.rule", d.threshold.rule, ", ".join(MD_THRESHOLDS))
     if d.correction.method not in MD_CORRECTIONS:
         fail("defense.correction.method", d.correction.method, ", ".join(MD_CORRECTIONS))
-
-
-CCLIP_INITS = ("previous", "zero")
 
 
 def _validate_robust_aggregators(d) -> None:
