@@ -2,7 +2,7 @@
 
 For n >= 4f + 3 updates and f assumed attackers:
 
-  1. selection, iterated: theta = n - 2f times, run Krum (`strategies.krum`, with k = n' - f - 2
+  1. selection, iterated: theta = n - 2f times, run Krum (`fedguard.defense.krum`, with k = n' - f - 2
      neighbours among the n' updates still unselected) on the unselected updates and move its
      pick into the selection set S;
   2. aggregation, coordinate-wise: with beta = theta - 2f and m_j the median of S at coordinate
@@ -27,8 +27,8 @@ import numpy as np
 from flwr.app import Message
 from flwr.supercore import log
 
+from fedguard.defense.krum import krum_scores_of, pairwise_sq_distances
 from strategies.base import RoundNotes
-from strategies.krum import krum_scores_of, pairwise_sq_distances
 from strategies.updates import Aggregate, UpdateAggregator
 
 

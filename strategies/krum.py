@@ -21,31 +21,9 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message
 
+from fedguard.defense.krum import krum_scores
 from strategies.base import RoundNotes
 from strategies.updates import Aggregate, UpdateAggregator
-
-
-def pairwise_sq_distances(updates: np.ndarray) -> np.ndarray:
-    """D[i, j] = ||u_i - u_j||^2 in float64, summed from the differences (no Gram trick)."""
-    u = np.asarray(updates, dtype=np.float64)
-    dist = np.zeros((len(u), len(u)))
-    for i in range(len(u)):
-        diff = u[i + 1:] - u[i]
-        dist[i, i + 1:] = dist[i + 1:, i] = np.einsum("ij,ij->i", diff, diff)
-    return dist
-
-
-def krum_scores_of(dist: np.ndarray, f: int) -> np.ndarray:
-    """Krum's score of each row of a squared-distance matrix: the sum over its k = max(1, n-f-2)
-    nearest others."""
-    n = len(dist)
-    k = max(1, n - f - 2)
-    others = dist[~np.eye(n, dtype=bool)].reshape(n, n - 1)
-    return np.sort(others, axis=1)[:, :k].sum(axis=1)
-
-
-def krum_scores(updates: np.ndarray, f: int) -> np.ndarray:
-    return krum_scores_of(pairwise_sq_distances(updates), f)
 
 
 def multikrum_select(updates: np.ndarray, f: int, m: int) -> np.ndarray:

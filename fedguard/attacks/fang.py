@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from fedguard.defense.krum import krum_scores
 
 FANG_TARGETS = ("trimmed_mean", "krum")
 
@@ -53,15 +56,8 @@ def fang_trim_updates(honest: Tensor, num_malicious: int, b: float = 2.0,
 
 
 def krum_selects(stacked: Tensor, f: int) -> int:
-    """Index of the row Krum selects (lowest sum of squared distances to its max(1, n - f - 2)
-    nearest other rows; ties to the lower index), in float64."""
-    x = stacked.double()
-    n = len(x)
-    dist = torch.cdist(x, x).square()
-    k = max(1, n - f - 2)
-    others = dist[~torch.eye(n, dtype=torch.bool)].reshape(n, n - 1)
-    scores = others.sort(dim=1).values[:, :k].sum(1)
-    return int(torch.argmin(scores))
+    """Index of the row Krum selects (`fedguard.defense.krum.krum_scores`; ties to the lower index)."""
+    return int(np.argmin(krum_scores(stacked.double().numpy(), f)))
 
 
 def fang_krum_lambda_max(honest: Tensor, num_malicious: int) -> float:
