@@ -121,6 +121,13 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
+def param_mask(model: nn.Module) -> Tensor:
+    """True at the parameter entries of the exchanged flat vector (False at buffers)."""
+    names = {k for k, _ in model.named_parameters()}
+    return torch.cat([torch.full((v.numel(),), k in names, dtype=torch.bool)
+                      for k, v in exchanged_state(model).items()])
+
+
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
     return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in exchanged_state(model).items()})
 

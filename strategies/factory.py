@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
 from fedguard.registry import Registry
 from strategies.base import RoundNotes
-from fedguard.attacks.craft import param_mask
+from fedguard.models import param_mask
 from strategies.bulyan import Bulyan
 from strategies.cclip import CenteredClipping
 from strategies.clipping import NormClipping

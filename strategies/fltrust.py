@@ -32,7 +32,7 @@ import torch
 from flwr.app import Message
 from torch import nn
 
-from fedguard.attacks.craft import param_mask
+from fedguard.models import param_mask
 from fedguard.models import arrays_to_model, model_to_arrays
 from fedguard.streams import IndexStream, StreamCursor
 from fedguard.training import sgd_steps

@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedguard.attacks.craft import param_mask
+from fedguard.models import param_mask
 from fedguard.attacks.omniscient import OMNISCIENT, OmniscientSettings, alie_update, alie_z, crafted_updates, ipm_update
 from fedguard.attacks.plan import AttackPlan, attack_plan, malicious_set
 from fedguard.models import arrays_from_flat

@@ -13,7 +13,8 @@ from torch.func import functional_call
 
 from fedguard.attacks import adaptive_md as adaptive
 from fedguard.attacks.adaptive_md import blended, estimate_md_threshold, md_scores
-from fedguard.attacks.craft import AttackRound, flat_model, param_mask
+from fedguard.attacks.craft import AttackRound, flat_model
+from fedguard.models import param_mask
 from fedguard.attacks.plan import round_phase
 from fedguard.config import ConfigError, compose, validate
 from fedguard.defense.md import md_per_sample, unflatten_state

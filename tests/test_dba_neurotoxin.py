@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedguard.attacks.backdoor import Trigger, patch_trigger, poison_batch, trigger_from_config
-from fedguard.attacks.craft import param_mask
+from fedguard.models import param_mask
 from fedguard.attacks.dba import PartTrigger, dba_grid, dba_part_mask, dba_part_of
 from fedguard.attacks.neurotoxin import neurotoxin_keep, parameter_masks, projected_sgd
 from fedguard.attacks.plan import POISON_SALT, malicious_ids, shared_seed

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from fedguard.attacks.plan import attack_plan
 from fedguard.attacks.registries import ATTACKS
-from fedguard.models import exchanged_state, flat_from_arrays, model_to_arrays
+from fedguard.models import flat_from_arrays, model_to_arrays, param_mask
 from fedguard.protocol import ATTACK_MOMENTUM
 from fedguard.training import sgd_steps
 
@@ -61,13 +61,6 @@ class Crafted:
 def flat_model(model: nn.Module) -> Tensor:
     """The model flat over `exchanged_state` (the ArrayRecord layout)."""
     return flat_from_arrays(model_to_arrays(model))
-
-
-def param_mask(model: nn.Module) -> Tensor:
-    """True at the parameter entries of the exchanged flat vector (False at buffers)."""
-    names = {k for k, _ in model.named_parameters()}
-    return torch.cat([torch.full((v.numel(),), k in names, dtype=torch.bool)
-                      for k, v in exchanged_state(model).items()])
 
 
 def train_copy(model: nn.Module, batches, cfg, device, buffers: list | None = None) -> tuple[nn.Module, float]:
