@@ -87,6 +87,19 @@ class StrategyWrapper(Strategy):
         inner = self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
         return {"inner": inner}
 
+    def aggregate_kept(self, server_round: int, replies: Iterable[Message], keep
+                       ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The inner strategy's aggregate of the replies a filtering defense keeps: `keep(valid)`
+        (timed as `defense_s`) returns one bool per valid reply. With fewer than two valid
+        replies, or before this wrapper has seen the round's global model, nothing is filtered."""
+        replies = list(replies)
+        valid = [m for m in replies if not m.has_error()]
+        if len(valid) < 2 or self.global_arrays is None:
+            return self.inner.aggregate_train(server_round, replies)
+        with self.notes.timed("defense_s"):
+            gone = {id(m) for m, kept in zip(valid, keep(valid)) if not kept}
+        return self.inner.aggregate_train(server_round, [m for m in replies if id(m) not in gone])
+
     def flat_updates(self, replies: list[Message]) -> tuple[Tensor, list[Tensor]]:
         """(the flat global model of this round, each reply's flat update `w_i - w_global`)."""
         base = flat_from_arrays(self.global_arrays)

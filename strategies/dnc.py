@@ -76,15 +76,12 @@ class DnC(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid = [m for m in replies if not m.has_error()]
-        if len(valid) < 2 or self.global_arrays is None:
-            return self.inner.aggregate_train(server_round, replies)
-        with self.notes.timed("defense_s"):
+        def keep(valid: list[Message]) -> list[bool]:
             updates = torch.stack(self.flat_updates(valid)[1]).numpy()
             removed = min(int(np.floor(self.c * self.f)), len(valid) - 1)
             good, scores = dnc_good(updates, removed, self.subsets(server_round, updates.shape[1]))
-            for msg, keep, score in zip(valid, good, scores):
-                self.notes.clients[msg.metadata.src_node_id].update(flagged=not keep, dnc_score=float(score))
-            gone = {id(m) for m, keep in zip(valid, good) if not keep}
-        return self.inner.aggregate_train(server_round, [m for m in replies if id(m) not in gone])
+            for msg, kept, score in zip(valid, good, scores):
+                self.notes.clients[msg.metadata.src_node_id].update(flagged=not kept, dnc_score=float(score))
+            return list(good)
+
+        return self.aggregate_kept(server_round, replies, keep)

@@ -67,15 +67,12 @@ class EPICUpdates(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid = [m for m in replies if not m.has_error()]
-        if len(valid) < 2 or self.global_arrays is None:
-            return self.inner.aggregate_train(server_round, replies)
-        with self.notes.timed("defense_s"):
+        def keep(valid: list[Message]) -> list[bool]:
             updates = torch.stack(self.flat_updates(valid)[1])
             dropped, sizes = isolated_updates(updates, self.fraction, self.max_cluster)
             for msg, drop, size, update in zip(valid, dropped.tolist(), sizes.tolist(), updates):
                 self.notes.clients[msg.metadata.src_node_id].update(
                     flagged=drop, epic_cluster_size=int(size), update_norm=float(update.norm()))
-            gone = {id(m) for m, drop in zip(valid, dropped.tolist()) if drop}
-        return self.inner.aggregate_train(server_round, [m for m in replies if id(m) not in gone])
+            return [not drop for drop in dropped.tolist()]
+
+        return self.aggregate_kept(server_round, replies, keep)

@@ -77,13 +77,16 @@ class FLAME(StrategyWrapper):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        valid = [m for m in replies if not m.has_error()]
-        if len(valid) < 2 or self.global_arrays is None:
+        if sum(not m.has_error() for m in replies) < 2 or self.global_arrays is None:
             return self.inner.aggregate_train(server_round, replies)
-        with self.notes.timed("defense_s"):
+        bound = 0.0
+
+        def keep(valid: list[Message]) -> list[bool]:
+            nonlocal bound
             admitted, bound = self._filter_and_clip(valid)
-            gone = {id(m) for m, ok in zip(valid, admitted) if not ok}
-        arrays, metrics = self.inner.aggregate_train(server_round, [m for m in replies if id(m) not in gone])
+            return admitted.tolist()
+
+        arrays, metrics = self.aggregate_kept(server_round, replies, keep)
         if arrays is not None and self.noise > 0:
             arrays = self._add_noise(server_round, arrays, self.noise * bound)
         self.notes.round["flame_noise_std"] = self.noise * bound
