@@ -17,7 +17,8 @@ from fedguard.config import ConfigError, compose, validate
 from strategies import ReplyValidator, RoundNotes
 from strategies.factory import build_strategy
 from strategies.omniscient import OmniscientAttack
-from tests.test_reply_validation import Spy, as_reply, content, flat, model_arrays
+from tests.test_omniscient import partition_replies
+from tests.test_reply_validation import Spy, flat, model_arrays
 
 RNG = np.random.default_rng(7)
 HONEST = RNG.normal(size=(6, 40))
@@ -170,12 +171,7 @@ MALICIOUS = {1, 4}
 
 
 def replies():
-    out = []
-    for pid, u in enumerate(UPDATES):
-        c = content(GLOBAL + u)
-        c["metrics"]["partition-id"] = pid
-        out.append(as_reply(100 + pid, c))
-    return out
+    return partition_replies(GLOBAL, UPDATES)
 
 
 def crafted_by(kind, **settings):

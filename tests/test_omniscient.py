@@ -42,13 +42,18 @@ def test_alie_and_ipm_equal_numpy():
     assert np.allclose(ipm_update(torch.from_numpy(honest), 0.7).numpy(), -0.7 * honest.mean(0), atol=1e-6)
 
 
-def replies():
+def partition_replies(global_flat: np.ndarray, updates: np.ndarray) -> list:
+    """Replies global + update i from node 100 + i, each naming partition i."""
     out = []
-    for pid, u in enumerate(UPDATES):
-        c = content(GLOBAL + u)
+    for pid, u in enumerate(updates):
+        c = content(global_flat + u)
         c["metrics"]["partition-id"] = pid
         out.append(as_reply(100 + pid, c))
     return out
+
+
+def replies():
+    return partition_replies(GLOBAL, UPDATES)
 
 
 def wrapper(kind, plan=None, **kw):
