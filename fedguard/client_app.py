@@ -54,6 +54,7 @@ from fedguard.protocol import (
 )
 from fedguard.runtime import assigned_device, ray_node_id, set_threads
 from fedguard.streams import next_batches
+from fedguard.training import load_momentum, save_momentum
 from fedguard.sanitizers import build_sanitizer, train_sanitized, zero_metrics
 
 app = ClientApp()
@@ -136,9 +137,12 @@ def train(msg: Message, context: Context) -> Message:
         model.cpu()
     else:  # honest: its (possibly stream-poisoned) batches, through its sanitiser
         batches, _, poisoned, ids, fetch = stream_batches(cfg, context, partition_id)
+        momentum = load_momentum(context.state, model) if cfg.keep_momentum else None
         loss, num_examples, sanitizer_metrics = train_sanitized(
             build_sanitizer(cfg), model, batches, poisoned, context, server_round, cfg.lr, cfg.momentum, device,
-            ids=ids, fetch=fetch)
+            ids=ids, fetch=fetch, buffers=momentum)
+        if momentum is not None:
+            save_momentum(context.state, momentum)
         arrays = model_to_arrays(model.cpu())
 
     metrics = MetricRecord({
@@ -159,13 +163,14 @@ def train(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake: tell the server this node's partition id. Also warms up the actor (data
-    splits, this partition, the model: all cached), so the first training round is not slowed
-    by start-up work and a short `backend.round_timeout` measures training only (the
-    handshake's own timeout is generous)."""
+    splits, this partition, the model: all cached; torch's lazy imports), so the first
+    training round is not slowed by start-up work and a short `backend.round_timeout`
+    measures training only (the handshake's own timeout is generous)."""
     partition_id = int(context.node_config["partition-id"])
     cfg = config_from_context(context)
     data = splits_from_config(cfg)
     partition_from_config(cfg, data.pool.y, partition_id)
-    _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
+    model = _model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
+    torch.optim.SGD(model.parameters(), lr=0.0)  # torch's first optimizer imports torch._dynamo (~1.3 s)
     content = RecordDict({IDENTITY: MetricRecord({PARTITION: partition_id})})
     return Message(content=content, reply_to=msg)

@@ -111,6 +111,9 @@ def _resnet18(input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn
     return ResNet18(_image_shape("resnet18", input_shape)[0], num_classes)
 
 
+BATCHNORM_MODELS = ("cnn_bn", "resnet18")  # the models with BatchNorm layers
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> nn.Module:
     """The model `name` (`MODELS`) for inputs of `input_shape` and `num_classes` outputs."""
     return MODELS.get(name)(tuple(input_shape), num_classes, hidden)

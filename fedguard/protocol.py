@@ -40,7 +40,7 @@ ATTACK_STOPPED_ROUND = "attack-stopped-round"  # the round the stealth rule fire
 # --- Context.state record names
 STREAM_STATE = "stream"  # ConfigRecord: the stream cursor
 ATTACK_STATE = "attack"  # ConfigRecord: the accumulative attack's stealth rule
-ATTACK_MOMENTUM = "attack-momentum"  # ArrayRecord: attack.keep_momentum, the learner's SGD momentum (not echoed)
+MOMENTUM = "momentum"  # ArrayRecord: keep_momentum, the client's SGD momentum across rounds (not echoed)
 ATTACK_TRIGGER = "attack-trigger"  # ArrayRecord: accumulate_against=fixed, the trigger crafted once (not echoed)
 DSC_STATE = "dsc"  # ConfigRecord: DSC's online step count, rounds of the stored snapshots
 DSC_HISTORY = "dsc-history"  # ArrayRecord: DSC's historical models (not echoed)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 from torch.nn import functional as F
+
+from fedguard.protocol import MOMENTUM
 
 
 def sgd_steps(model: nn.Module, batches, lr: float, momentum: float, device: torch.device,
@@ -58,3 +61,18 @@ def pretrain(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: fl
                     for i in range(0, len(y), batch_size)]
     sgd_steps(model, batches, lr, momentum, device)
     model.cpu()
+
+
+def load_momentum(state: RecordDict | None, model: nn.Module) -> list:
+    """`keep_momentum`: the client's SGD momentum buffers kept in Context.state (one per
+    parameter, None before its first step; all None at the first round): `sgd_steps`' `buffers`."""
+    record = state.array_records.get(MOMENTUM) if state is not None else None
+    n = len(list(model.parameters()))
+    if record is None:
+        return [None] * n
+    return [torch.from_numpy(record[str(i)].numpy().copy()) if str(i) in record else None for i in range(n)]
+
+
+def save_momentum(state: RecordDict, buffers: list) -> None:
+    state[MOMENTUM] = ArrayRecord({str(i): Array(b.detach().cpu().numpy())
+                                   for i, b in enumerate(buffers) if b is not None})

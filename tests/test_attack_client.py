@@ -183,6 +183,13 @@ def test_malicious_train_replies_global_plus_update(flower_identity):
     assert torch.equal(flat_from_arrays(model_to_arrays(model)), flat_from_arrays(global_arrays))  # untouched
 
 
+def test_an_attack_without_attackers_is_the_clean_run_on_the_same_schedule():
+    cfg = compose(["attack=accumulative", "num_malicious=0"])
+    validate(cfg)  # DESIGN.md: num_malicious=0 on a preset is its clean run
+    assert malicious_set(cfg) == set()
+    assert [round_phase(cfg, r) for r in (1, 15, 20, 21)] == ["burn_in", "accumulate", "trigger", "after"]
+
+
 def test_phase_and_ground_truth():
     cfg = config("accumulative", *ACC)
     assert [round_phase(cfg, r) for r in range(1, 6)] == ["burn_in", "accumulate", "accumulate", "trigger", "after"]
@@ -193,7 +200,6 @@ def test_phase_and_ground_truth():
 
 @pytest.mark.parametrize("overrides, key", [
     (["attack.name=nope"], "attack"),
-    (["attack=accumulative", "num_malicious=0"], "num_malicious"),
     (["attack=accumulative", "num_malicious=1", "rounds=4"], "attack.trigger_round"),
     (["attack=accumulative", "num_malicious=1", "attack.burn_in=18"], "attack.trigger_round"),
     (["attack=accumulative", "num_malicious=1", "attack.trigger_mode=x"], "attack.trigger_mode"),
@@ -205,8 +211,8 @@ def test_phase_and_ground_truth():
     (["attack=accumulative", "num_malicious=1", "attack.stealth_drop=-0.1"], "attack.stealth_drop"),
     (["attack=accumulative", "num_malicious=1", "attack.budget_action=trigger"], "attack.budget_action"),
     (["attack=accumulative", "num_malicious=1", "attack.poison_base=x"], "attack.poison_base"),
-    (["attack=accumulative", "num_malicious=1", "attack.keep_momentum=true", "backend.num_supernodes=10"],
-     "attack.keep_momentum"),
+    (["attack=accumulative", "num_malicious=1", "keep_momentum=true", "backend.num_supernodes=10"],
+     "keep_momentum"),
     (["attack=accumulative", "num_malicious=1", "attack.form=data", "attack.accumulate_against=fixed",
       "backend.num_supernodes=10"], "attack.accumulate_against"),
 ])

@@ -16,7 +16,7 @@ from fedguard.config import compose, validate
 from fedguard.models import build_model
 
 CPU = torch.device("cpu")
-ONLINE = ["attack=accumulative", "attack.form=data", "attack.accumulate_against=fixed", "attack.keep_momentum=true",
+ONLINE = ["attack=accumulative", "attack.form=data", "attack.accumulate_against=fixed", "keep_momentum=true",
           "attack.trigger_steps=1", "attack.burn_in=1", "attack.accumulate_rounds=3", "attack.trigger_round=5", "num_clients=1",
           "num_malicious=1", "local_steps=1", "lr=0.1", "momentum=0.9", "model=cnn_bn", "dataset=digits",
           "attack.eps=0.2", "attack.steps=2", "attack.sign=-1"]
@@ -92,7 +92,7 @@ def test_without_kept_momentum_or_fixed_trigger_the_weights_differ():
     torch.manual_seed(1)
     start = build_model("cnn_bn", (1, 8, 8), 10)
     ref = reference_loop(copy.deepcopy(start), compose(ONLINE), batches, trig, val)
-    for knob in ("attack.keep_momentum=false", "attack.accumulate_against=crafted"):
+    for knob in ("keep_momentum=false", "attack.accumulate_against=crafted"):
         ours = fedguard_rounds(copy.deepcopy(start), compose([*ONLINE, knob]), batches, trig, val)
         diff = max(float((a.float() - b.float()).abs().max())
                    for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
@@ -114,3 +114,44 @@ def test_poisons_from_the_trigger_images_and_the_stream_control_match_the_refere
         ref = reference_loop(copy.deepcopy(start), cfg, batches, trig, val, **kwargs)
         for (name, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items()):
             assert torch.allclose(a.float(), b.float(), atol=1e-5), (knob, name)
+
+
+def test_keep_momentum_makes_an_honest_client_one_optimizer_over_its_rounds(flower_identity):
+    """The clean run of the online preset (num_malicious=0) is the same learner without the
+    attacker: with keep_momentum an honest client's rounds are one SGD optimizer too."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType
+
+    from fedguard.client_app import stream_batches, train
+    from fedguard.config import flatten
+    from fedguard.data.sources import splits_from_config
+    from fedguard.models import flat_from_arrays, model_to_arrays
+    from fedguard.protocol import ARRAYS, SERVER_ROUND
+    from fedguard.training import sgd_steps
+
+    cfg = compose(["num_clients=1", "local_steps=2", "batch_size=16", "model.hidden=16", "keep_momentum=true"])
+    validate(cfg)
+    data = splits_from_config(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes, cfg.model.hidden)
+    reference = copy.deepcopy(model)
+
+    def new_context():
+        return Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(),
+                       run_config=flatten(cfg))
+
+    clients, drawn = new_context(), new_context()
+    opt_buffers = [None] * len(list(reference.parameters()))
+    arrays = model_to_arrays(model)
+    for rnd in (1, 2, 3):
+        msg = Message(RecordDict({ARRAYS: arrays, "config": ConfigRecord({SERVER_ROUND: rnd})}),
+                      dst_node_id=1, message_type=MessageType.TRAIN)
+        arrays = train(msg, clients).content[ARRAYS]
+        batches = stream_batches(cfg, drawn, 0)[0]
+        sgd_steps(reference, batches, cfg.lr, cfg.momentum, CPU, buffers=opt_buffers)
+    assert all(b is not None for b in opt_buffers)
+    assert torch.allclose(flat_from_arrays(arrays), flat_from_arrays(model_to_arrays(reference)), atol=1e-6)
+    # and without it every round starts a fresh optimizer: a different model
+    fresh = copy.deepcopy(model)
+    for batches in [stream_batches(cfg, ctx, 0)[0] for ctx in [new_context()] for _ in range(3)]:
+        sgd_steps(fresh, batches, cfg.lr, cfg.momentum, CPU)
+    assert not torch.allclose(flat_from_arrays(arrays), flat_from_arrays(model_to_arrays(fresh)), atol=1e-4)

@@ -22,7 +22,8 @@ Where things are:
   and Fang, their math in `agr_agnostic` and `fang`; the server-side placement is the strategy
   adapter `strategies.omniscient`), `dba` (the distributed backdoor: a part of the patch per
   client), `neurotoxin` (the backdoor on the coordinates the honest update changes least),
-  `adaptive_md` (the accumulative attack kept under its estimate of mddsc's MD threshold).
+  `adaptive_md` (the accumulative attack kept under its estimate of mddsc's MD threshold),
+  `bn_shrink` (fedguard's federated accumulation that survives norm clipping).
 - `stream_poison`: the poisons an outsider injects into the honest clients' streams.
 - `client`: the Flower-facing glue of a malicious ClientApp (its data, the stealth rule's
   state, the reply). Not imported here: the ClientApp imports it.
@@ -46,6 +47,7 @@ from fedguard.attacks import omniscient  # noqa: F401
 from fedguard.attacks import dba  # noqa: F401
 from fedguard.attacks import neurotoxin  # noqa: F401
 from fedguard.attacks import adaptive_md  # noqa: F401
+from fedguard.attacks import bn_shrink  # noqa: F401
 from fedguard.attacks import stream_poison  # noqa: F401
 from fedguard.attacks.plan import PHASES, AttackPlan, attack_plan, malicious_ids, malicious_set, round_phase, shared_seed
 

@@ -24,14 +24,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import RecordDict
 from torch import Tensor, nn
 
 from fedguard.attacks.plan import attack_plan
 from fedguard.attacks.registries import ATTACKS
 from fedguard.models import flat_from_arrays, model_to_arrays, param_mask
-from fedguard.protocol import ATTACK_MOMENTUM
-from fedguard.training import sgd_steps
+from fedguard.training import load_momentum, save_momentum, sgd_steps
 
 
 @dataclass
@@ -71,21 +70,6 @@ def train_copy(model: nn.Module, batches, cfg, device, buffers: list | None = No
     return trained, loss
 
 
-def load_buffers(state: RecordDict | None, model: nn.Module) -> list:
-    """`attack.keep_momentum`: the learner's momentum buffers kept in Context.state (one per
-    parameter, None before its first step; all None at the first round)."""
-    record = state.array_records.get(ATTACK_MOMENTUM) if state is not None else None
-    n = len(list(model.parameters()))
-    if record is None:
-        return [None] * n
-    return [torch.from_numpy(record[str(i)].numpy().copy()) if str(i) in record else None for i in range(n)]
-
-
-def save_buffers(state: RecordDict, buffers: list) -> None:
-    state[ATTACK_MOMENTUM] = ArrayRecord({str(i): Array(b.detach().cpu().numpy())
-                                          for i, b in enumerate(buffers) if b is not None})
-
-
 # train_poisoned(batches, poisoned, buffers=None) -> (trained copy, loss, sanitiser METRICS); see `craft`
 TrainPoisoned = Callable[..., tuple[nn.Module, float, dict]]
 
@@ -108,7 +92,7 @@ class AttackRound:
     mask: Tensor  # `param_mask(model)`
     train_poisoned: TrainPoisoned | None = None  # data form with a sanitiser (see `craft`)
     state: RecordDict | None = None  # the client's Context.state (what an attack keeps across rounds)
-    buffers: list | None = None  # attack.keep_momentum: the learner's momentum, advanced by train_copy
+    buffers: list | None = None  # keep_momentum: the learner's momentum, advanced by train_copy
 
     def done(self, update: Tensor, loss: float | None = None, trained: nn.Module | None = None) -> Crafted:
         """The `Crafted` of this round (`loss` defaults to the honest loss)."""
@@ -117,7 +101,7 @@ class AttackRound:
 
     def train_copy(self, batches) -> tuple[nn.Module, float]:
         """`train_copy` of the global model on `batches` with the run's lr and momentum (and,
-        with `attack.keep_momentum`, the learner's momentum carried from its earlier rounds)."""
+        with `keep_momentum`, the learner's momentum carried from its earlier rounds)."""
         return train_copy(self.model, batches, self.cfg, self.device, self.buffers)
 
 
@@ -131,7 +115,7 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
     `train_poisoned(batches, poisoned) -> (trained copy, loss, metrics)`, given for the data
     form with a sanitiser, trains the client's batches (the poisoned ones, and the clean ones
     of its honest rounds) through it; without it the data form trains by plain local SGD.
-    `state` is the client's Context.state; with `attack.keep_momentum` the momentum of the
+    `state` is the client's Context.state; with `keep_momentum` the momentum of the
     training the reply comes from is kept there between rounds (one optimizer over the run)."""
     plan = attack_plan(cfg)
     phase, attacking = plan.phase(server_round), plan.attacking(server_round)
@@ -142,7 +126,7 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
         elif phase == "accumulate" or (early_trigger and phase == "trigger"):
             attacking = False
     global_flat = flat_model(model)
-    buffers = load_buffers(state, model) if cfg.attack.keep_momentum else None
+    buffers = load_momentum(state, model) if cfg.keep_momentum else None
     if not attacking and train_poisoned is not None:  # a sanitising learner: every batch through its sanitiser
         trained, loss, metrics = train_poisoned(data.batches, poisoned=False, buffers=buffers)
         crafted = Crafted(flat_model(trained) - global_flat, flat_model(trained) - global_flat, float(loss), phase,
@@ -160,5 +144,5 @@ def craft(cfg, server_round: int, model: nn.Module, data: AttackData, device: to
                                          global_flat, honest, honest_update, honest_loss, param_mask(model),
                                          train_poisoned, state, buffers))
     if buffers is not None and state is not None:
-        save_buffers(state, buffers)
+        save_momentum(state, buffers)
     return crafted

@@ -33,7 +33,7 @@ PHASES = ("burn_in", "accumulate", "trigger", "after")
 VAL_SALT, TRIGGER_SALT, NOISE_SALT, POISON_SALT, FANG_SALT, ADAPTIVE_SALT = 1, 2, 3, 4, 5, 6
 # the attacks with the accumulative plan's phases (accumulate rounds, then one trigger round):
 # their rounds are recorded by phase, and the trigger drop is measured at their trigger round
-ACCUMULATIVE = ("accumulative", "adaptive_md")
+ACCUMULATIVE = ("accumulative", "adaptive_md", "bn_shrink")
 
 ATTACKS.add("none", None, "no attacker: every client is honest (`attack_plan` is None, `malicious_set` empty)")
 

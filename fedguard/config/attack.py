@@ -58,7 +58,6 @@ class AttackConfig:
     # data form, trigger round: crafted (the optimised trigger) | stream (the round's own clean
     # batches instead: the control that shows what the accumulation does without a trigger)
     trigger_batch: str = "crafted"
-    keep_momentum: bool = False  # the attacker-learner keeps its SGD momentum across rounds (one optimizer)
     val_batch: int = 32  # attacker's held-out batch, carved from its own partition
     # accumulative, both forms: stop accumulating (reply honestly for the rest of the accumulate
     # phase; the trigger still fires) once the attacker's held-out accuracy of the global model it
@@ -96,6 +95,12 @@ class AttackConfig:
     adaptive_margin: float = 1.0  # adaptive_md: keep the MD under margin * the estimated threshold
     # adaptive_md: how the crafted update is shrunk: mix (convex mix with the honest update) | scale (toward 0)
     adaptive_blend: str = "mix"
+    # bn_shrink: the smallest factor a colluder shrinks the BatchNorm-normalised layers by in one
+    # accumulate round (the honest-norm budget sets it; this keeps each proposal's numbers sane)
+    shrink_floor: float = 0.5
+    # bn_shrink: how many output channels of the first BatchNorm-normalised layer it shrinks (the
+    # smallest of the global model each round; null: all of them)
+    shrink_channels: int | None = None
 
 
 def validate_attack(a) -> None:
@@ -186,5 +191,9 @@ def _validate_adaptive(a) -> None:
         fail("attack.adaptive_samples", a.adaptive_samples, "an integer >= 0")
     if not a.adaptive_margin > 0:
         fail("attack.adaptive_margin", a.adaptive_margin, "a positive factor")
+    if a.shrink_channels is not None and a.shrink_channels < 1:
+        fail("attack.shrink_channels", a.shrink_channels, "an integer >= 1, or null for every channel")
+    if not 0.0 < a.shrink_floor < 1.0:
+        fail("attack.shrink_floor", a.shrink_floor, "a factor in (0, 1)")
     if a.adaptive_blend not in ADAPTIVE_BLENDS:
         fail("attack.adaptive_blend", a.adaptive_blend, ", ".join(ADAPTIVE_BLENDS))

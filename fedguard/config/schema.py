@@ -44,6 +44,9 @@ class FedGuardConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    # every client keeps its SGD momentum across rounds (Context.state): one optimizer over the
+    # run, the online learner of the accumulative attack's reference; false: a fresh optimizer a round
+    keep_momentum: bool = False
     seed: int = 0
     # epochs of central SGD on the training pool before round 1 (the run's lr, momentum and
     # batch_size): a burned-in initial model, as the reference's online phase starts from one

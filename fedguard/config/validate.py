@@ -25,6 +25,7 @@ from fedguard.config.sanitizer import validate_sanitizer
 from fedguard.config.schema import validate_run
 from fedguard.config.stream_poison import validate_stream_poison
 from fedguard.data.sources import DATASETS, expected_files, known_num_classes
+from fedguard.models import BATCHNORM_MODELS
 from fedguard.sampling import sampled_count
 
 
@@ -47,9 +48,11 @@ def validate(cfg: DictConfig) -> None:
     _supernodes_serve_the_sampled_clients(cfg)
     _hung_clients_leave_actors(cfg)
     _attack_schedule_fits_the_run(cfg)
+    _bn_shrink_has_batchnorm(cfg)
     _target_labels_are_classes(cfg)
     _virtual_clients_carry_the_sanitizer_state(cfg)
     _virtual_clients_carry_the_attack_state(cfg)
+    _virtual_clients_carry_the_momentum(cfg)
     _resume_dir_holds_a_run(cfg)
     _dataset_files_are_there(cfg)
 
@@ -116,8 +119,8 @@ def _attack_schedule_fits_the_run(cfg) -> None:
     a = cfg.attack
     if a.name == "none":
         return
-    if cfg.num_malicious < 1:
-        fail("num_malicious", cfg.num_malicious, f"an integer >= 1 with attack={a.name}")
+    # num_malicious=0 keeps the attack's schedule (its phases are recorded) with nobody to run it:
+    # the clean run of the same configuration, the baseline its damage is measured against
     trigger = a.trigger_round if a.trigger_round is not None else a.burn_in + a.accumulate_rounds + 1
     if not 1 <= trigger <= cfg.rounds:
         fail("attack.trigger_round", a.trigger_round, f"1..rounds ({cfg.rounds})" + (
@@ -125,6 +128,12 @@ def _attack_schedule_fits_the_run(cfg) -> None:
     if trigger - a.accumulate_rounds - 1 < a.burn_in:
         fail("attack.trigger_round", a.trigger_round,
              f">= burn_in + accumulate_rounds + 1 = {a.burn_in + a.accumulate_rounds + 1}")
+
+
+def _bn_shrink_has_batchnorm(cfg) -> None:
+    if cfg.attack.name == "bn_shrink" and cfg.model.name not in BATCHNORM_MODELS:
+        fail("model", cfg.model.name, f"a model with BatchNorm with attack=bn_shrink ({', '.join(BATCHNORM_MODELS)}): "
+             "it shrinks the layers a BatchNorm normalises")
 
 
 def _target_labels_are_classes(cfg) -> None:
@@ -154,16 +163,20 @@ def _virtual_clients_carry_the_sanitizer_state(cfg) -> None:
              "state only, not the warm-start model")
 
 
+def _virtual_clients_carry_the_momentum(cfg) -> None:
+    if cfg.keep_momentum and cfg.backend.num_supernodes is not None:
+        fail("keep_momentum", cfg.keep_momentum, "false with virtual clients (backend.num_supernodes): the server "
+             "carries a client's JSON state only, not its momentum buffers")
+
+
 def _virtual_clients_carry_the_attack_state(cfg) -> None:
-    """Likewise the accumulative attacker's kept momentum and its trigger crafted once live in
-    model-sized records a virtual client does not carry."""
+    """Likewise the accumulative attacker's trigger crafted once lives in a model-sized record
+    a virtual client does not carry."""
     a = cfg.attack
     if cfg.backend.num_supernodes is None or a.name == "none":
         return
     why = ("with virtual clients (backend.num_supernodes): the server carries a client's JSON state only, "
            "not the attacker's {}")
-    if a.keep_momentum:
-        fail("attack.keep_momentum", a.keep_momentum, "false " + why.format("momentum buffers"))
     if a.accumulate_against == "fixed":
         fail("attack.accumulate_against", a.accumulate_against, "clean or crafted " + why.format("fixed trigger"))
 
