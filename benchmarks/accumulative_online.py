@@ -4,7 +4,7 @@
 
 Runs `fedguard run +experiment=accumulative_online` (configs/experiment/accumulative_online.yaml:
 one learner, one SGD optimizer across rounds, the trigger crafted once, a poison recrafted
-every step, the error budget, one trigger step) in four variants per seed:
+every step, the error budget, one trigger step) in six variants per seed:
 
 - accumulation + trigger: the preset as it is;
 - trigger alone: `attack.accumulate_rounds=0` (clean online steps, then the same trigger);
@@ -12,7 +12,10 @@ every step, the error budget, one trigger step) in four variants per seed:
   would be: the control that separates the trigger's effect from what the accumulation left
   in the model and in the optimizer's momentum);
 - DSC: `sanitizer=dsc` with the preset's paper settings (0.5 + 0.02 t, the burned-in model
-  as the fixed historical model).
+  as the fixed historical model);
+- AT: `sanitizer=adv_training`, the paper's adversarial-training baseline (PGD eps 0.2, 10
+  steps of 0.02); ST, its standard-training baseline, is the plain learner;
+- no attacker: `num_malicious=0`, the preset's clean run (its "trigger" round is an ordinary step).
 
 Per run, from rounds.jsonl: the burned-in model's accuracy (round 1's `initial_accuracy`),
 the accuracy before the trigger round and after it. Reported in points: the accuracy cost
@@ -39,6 +42,8 @@ VARIANTS = {
     "trigger alone": ["attack.accumulate_rounds=0"],
     "accumulation, no trigger": ["attack.trigger_batch=stream"],
     "DSC learner": ["sanitizer=dsc"],
+    "AT learner": ["sanitizer=adv_training"],  # the paper's AT baseline (ST is the plain learner)
+    "no attacker": ["num_malicious=0"],  # the preset's clean run: the same learner, stream and rounds
 }
 
 

@@ -211,7 +211,7 @@ def trigger_update(model: nn.Module, params: Params, x_trig: Tensor, y_trig: Ten
 
 # ------------------------------------------------------------------------------- data form
 
-def _signed_steps(x: Tensor, objective, eps: float, step: float, steps: int, ascend: bool) -> Tensor:
+def signed_steps(x: Tensor, objective, eps: float, step: float, steps: int, ascend: bool) -> Tensor:
     """`steps` signed-gradient steps on `objective(x_adv)`, projected to the L-inf ball of
     radius `eps` around `x` and to [0, 1]."""
     x0 = x.detach()
@@ -259,7 +259,7 @@ def perturb_batch(model: nn.Module, params: Params, x: Tensor, y: Tensor,
         g_adv = g_adv if per_layer else (flatten(g_adv),)
         return torch.stack([(_unit(g) * goal).sum() for g, goal in zip(g_adv, goals)]).sum()
 
-    return _signed_steps(x, objective, eps, step, steps, ascend=True)
+    return signed_steps(x, objective, eps, step, steps, ascend=True)
 
 
 def perturb_trigger(model: nn.Module, params: Params, x_trig: Tensor, y_trig: Tensor,
@@ -276,7 +276,7 @@ def perturb_trigger(model: nn.Module, params: Params, x_trig: Tensor, y_trig: Te
     def objective(x_adv: Tensor) -> Tensor:
         return cos_sum(param_grads(model, fixed, x_adv, y_trig, create_graph=True), g_val, per_layer)
 
-    return _signed_steps(x_trig, objective, eps, step, steps, ascend=sign > 0)
+    return signed_steps(x_trig, objective, eps, step, steps, ascend=sign > 0)
 
 
 def _unit(t: Tensor) -> Tensor:

@@ -34,6 +34,16 @@ class DSCConfig:
 
 
 @dataclass
+class AdvTrainingConfig:
+    """adv_training: the DSC paper's AT baseline, PGD adversarial training of each batch
+    (Madry et al., ICLR 2018), `fedguard/sanitizers/adv_training.py`; the reference's settings."""
+    eps: float = 0.2  # L-inf radius of the adversarial examples
+    step: float = 0.02  # signed-gradient ascent step size
+    steps: int = 10  # PGD steps per batch (from the clean batch, no random start)
+    start_round: int = 1  # the online phase starts in this round; earlier rounds train on the batches as they are
+
+
+@dataclass
 class EPICConfig:
     """epic: EPIC over the window (Yang et al., ICML 2022), `fedguard/sanitizers/epic.py`."""
     fraction: float = 0.1  # medoids per class = max(1, round(fraction * class count)) (the paper's subset size)
@@ -85,12 +95,13 @@ class ConfusionConfig:
 @dataclass
 class SanitizerConfig:
     """What honest clients run on their stream batches (`fedguard/sanitizers/`): dsc corrects
-    each batch online; epic, ispl and confusion re-examine a buffered window of the client's
+    each batch online, adv_training replaces it by its PGD examples; epic, ispl and confusion re-examine a buffered window of the client's
     stream (`fedguard/sanitizers/window.py`)."""
     name: str = "none"  # a sanitiser of fedguard.sanitizers.SANITIZERS
     window: int = 1024  # epic/ispl/confusion: the last this many distinct stream samples are re-examined
     every: int = 1  # epic/ispl/confusion: re-examine the window every this many participations
     dsc: DSCConfig = field(default_factory=DSCConfig)
+    adv_training: AdvTrainingConfig = field(default_factory=AdvTrainingConfig)
     epic: EPICConfig = field(default_factory=EPICConfig)
     ispl: ISPLConfig = field(default_factory=ISPLConfig)
     confusion: ConfusionConfig = field(default_factory=ConfusionConfig)
@@ -105,9 +116,19 @@ def validate_sanitizer(san) -> None:
     if san.every < 1:
         fail("sanitizer.every", san.every, "an integer >= 1 (participations between re-examinations)")
     _validate_dsc(san.dsc)
+    _validate_adv_training(san.adv_training)
     _validate_epic(san.epic)
     _validate_ispl(san.ispl)
     _validate_confusion(san.confusion)
+
+
+def _validate_adv_training(a) -> None:
+    if a.eps < 0:
+        fail("sanitizer.adv_training.eps", a.eps, "an L-inf radius >= 0")
+    if a.step <= 0:
+        fail("sanitizer.adv_training.step", a.step, "a positive step size")
+    if a.steps < 1:
+        fail("sanitizer.adv_training.steps", a.steps, "an integer >= 1")
 
 
 def _validate_dsc(d) -> None:

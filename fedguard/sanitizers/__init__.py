@@ -26,7 +26,7 @@ read only by the recorder (sample-level precision/recall of the sanitiser in sum
 `sanitizer`), never by a sanitiser or a server-side defense.
 
 Where things are: `base` (the protocol, the METRICS keys and `SANITIZERS`, `sanitizer.name` ->
-class), `dsc` (the paper's online DSC), `window` (the buffered stream window) with the offline
+class), `dsc` (the paper's online DSC), `adv_training` (the paper's AT baseline, online), `window` (the buffered stream window) with the offline
 `epic`, `ispl` and `confusion`. A new sanitiser is one module here with a `Sanitizer` subclass
 registered by `@SANITIZERS.register(name, summary)`, imported below, and its knobs as a
 sub-config of `fedguard/config/sanitizer.py`.
@@ -52,6 +52,7 @@ from fedguard.sanitizers import dsc  # noqa: F401
 from fedguard.sanitizers import epic  # noqa: F401
 from fedguard.sanitizers import ispl  # noqa: F401
 from fedguard.sanitizers import confusion  # noqa: F401
+from fedguard.sanitizers import adv_training  # noqa: F401
 
 __all__ = ["CORRECTED", "DROPPED", "FLAGGED", "FLAGGED_POISONED", "GROUND_TRUTH_METRICS", "MD", "METRICS", "POISONED",
            "SANITIZERS", "SECONDS", "STEPS", "Batch", "Sanitizer", "build_sanitizer", "record_fields",
