@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from cells import add_cell_arguments, fmt, mean, run_cells  # noqa: E402
 from fedguard.attacks import ATTACKS  # noqa: E402
@@ -32,9 +33,17 @@ DEFENSES = {
     "mddsc": ["defense=mddsc"],
     "mddsc(median)": ["defense=mddsc", "defense.inner=median"],
     "mddsc(clipping)": ["defense=mddsc", "defense.inner=clipping"],  # not in the default matrix
+    # the defenses of the robust-aggregation literature (issue 16)
+    "fltrust": ["defense=fltrust"],
+    "flame": ["defense=flame"],
+    "fldetector": ["defense=fldetector"],
+    "cclip": ["defense=cclip"],
+    "geomed": ["defense=geomed"],
+    "dnc": ["defense=dnc"],
+    "multikrum": ["defense=multikrum"],
 }
-MATRIX_DEFENSES = [d for d in DEFENSES if d != "mddsc(clipping)"]
-USES_F = {"krum", "multikrum", "bulyan"}  # defenses that take the assumed number of attackers
+MATRIX_DEFENSES = ["fedavg", "clipping", "median", "trimmed_mean", "krum", "bulyan", "mddsc", "mddsc(median)"]
+USES_F = {"krum", "multikrum", "bulyan", "dnc"}  # defenses that take the assumed number of attackers
 ATTACK_PRESETS = {
     "none": ["attack=none"],
     # the same overrides as benchmarks/attack_table.py's cells, which are then shared
@@ -48,6 +57,12 @@ ATTACK_PRESETS = {
     "label_flip": ["attack=label_flip"],
     "scaling": ["attack=scaling"],
     "gaussian": ["attack=gaussian"],
+    # the AGR-agnostic, full-knowledge and backdoor attacks of the literature (issue 16)
+    "minmax": ["attack=minmax"],
+    "minsum": ["attack=minsum"],
+    "fang": ["attack=fang"],
+    "dba": ["attack=dba"],
+    "neurotoxin": ["attack=neurotoxin"],
 }
 MATRIX_ATTACKS = ["none", "accumulative", "accumulative_data", "sign_flip", "alie", "ipm", "backdoor"]
 
@@ -105,14 +120,19 @@ def main() -> None:
                    "defense_s": mean([t["defense_s"] for t in timing]),
                    "errors": "; ".join(c["error"] for c in summaries if "error" in c)}
             rows.append(row)
+    clean = {r["defense"]: r["final_accuracy"] for r in rows if r["attack"] == "none"}
+    for row in rows:  # the gap to the same defense's clean run (attack none), in accuracy
+        row["gap_to_clean"] = None if row["final_accuracy"] is None or clean.get(row["defense"]) is None \
+            else clean[row["defense"]] - row["final_accuracy"]
 
     with open(out / "matrix.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| attack | defense | final acc | trigger drop | ASR | TPR | FPR | s/round | train s | defense s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['attack']} | {r['defense']} | {fmt(r['final_accuracy'])} | {fmt(r['trigger_drop'])} | "
+    lines = ["| attack | defense | final acc | gap to clean | trigger drop | ASR | TPR | FPR | s/round | train s | "
+             "defense s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['attack']} | {r['defense']} | {fmt(r['final_accuracy'])} | {fmt(r['gap_to_clean'])} | "
+              f"{fmt(r['trigger_drop'])} | "
               f"{fmt(r['attack_success_rate'])} | {fmt(r['tpr'])} | {fmt(r['fpr'])} | {fmt(r['round_s'])} | "
               f"{fmt(r['train_s'])} | {fmt(r['defense_s'])} |" if r["seeds"] else
               f"| {r['attack']} | {r['defense']} | {r['errors']} |" for r in rows]
@@ -121,29 +141,43 @@ def main() -> None:
     (out / "matrix.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    panels = [("final_accuracy", "final test accuracy"), ("trigger_drop", "trigger drop (accuracy before - after)"),
-              ("attack_success_rate", "backdoor attack success rate")]
-    # each panel shows the attacks that have its metric (a trigger drop: accumulative; an ASR: backdoor)
-    shown = {key: [a for a in attacks if any(r["attack"] == a and r.get(key) is not None for r in rows)]
-             for key, _ in panels}
-    panels = [p for p in panels if shown[p[0]]]
-    ratios = [max(2, len(shown[k])) for k, _ in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(18, 3 + 1.3 * sum(ratios)), 4.5), width_ratios=ratios,
+    plot_matrix(rows, args.defenses, attacks, out / "matrix.png")
+
+
+# one heatmap per metric (defenses x the attacks that have it), every cell annotated
+PANELS = [("final_accuracy", "final test accuracy", "viridis"),
+          ("gap_to_clean", "gap to the clean run (accuracy)", "Reds"),
+          ("trigger_drop", "trigger drop (accuracy)", "Reds"),
+          ("attack_success_rate", "backdoor success rate", "Reds"),
+          ("tpr", "attack-round TPR (flagging defenses)", "Blues")]
+
+
+def plot_matrix(rows: list[dict], defenses: list[str], attacks: list[str], path: Path) -> None:
+    value = {(r["attack"], r["defense"], key): r.get(key) for r in rows for key, _, _ in PANELS}
+    panels = []
+    for key, title, cmap in PANELS:
+        cols = [a for a in attacks if any(value[a, d, key] is not None for d in defenses)]
+        if key == "gap_to_clean":
+            cols = [a for a in cols if a != "none"]
+        if cols:
+            panels.append((key, title, cmap, cols))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + sum(1.4 + 0.75 * len(c) for *_, c in panels), 0.9 + 0.38 *
+                                                      len(defenses)), width_ratios=[len(c) + 1 for *_, c in panels],
                              squeeze=False)
-    axes = axes[0]
-    width = 0.8 / max(1, len(args.defenses))
-    for i, defense in enumerate(args.defenses):
-        for ax, (key, _) in zip(axes, panels):
-            vals = [next((r[key] for r in rows if r["attack"] == a and r["defense"] == defense), None) or 0.0
-                    for a in shown[key]]
-            ax.bar([j + i * width for j in range(len(vals))], vals, width, label=defense if ax is axes[0] else None)
-    for ax, (key, title) in zip(axes, panels):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shown[key]))], shown[key], rotation=20)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    fig.legend(loc="lower center", ncol=len(args.defenses), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(out / "matrix.png", dpi=120)
+    for ax, (key, title, cmap, cols) in zip(axes[0], panels):
+        grid = np.array([[np.nan if value[a, d, key] is None else value[a, d, key] for a in cols] for d in defenses],
+                        dtype=float)
+        image = ax.imshow(grid, cmap=cmap, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if image.norm(v) > 0.6 else "black")
+        ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(defenses)), defenses if ax is axes[0][0] else [""] * len(defenses), fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
 
 
 if __name__ == "__main__":
