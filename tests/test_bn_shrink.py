@@ -16,7 +16,7 @@ from fedguard.attacks.bn_shrink import (
     normalised_pairs,
     scaled_state,
     shrink_factor,
-    trigger_direction,
+    variance_direction,
 )
 from fedguard.attacks.client import attacker_data
 from fedguard.attacks.craft import craft, flat_model
@@ -92,26 +92,39 @@ def test_shrink_factor_spends_the_budget_exactly():
     assert shrink_factor(state, LAYER, NORM, channels, 10 * distance(0.0), floor=0.5) == 0.5  # the floor binds
 
 
-def test_trigger_direction_touches_only_the_chosen_channels_and_raises_the_loss():
+def test_trigger_direction_is_the_running_variance_of_the_chosen_channels():
     model = trained_cnn_bn()
-    x, y = torch.rand(32, 1, 8, 8) * 4, torch.randint(0, 10, (32,))
+    state = exchanged_state(model)
     channels = torch.tensor([2, 4])
-    d = trigger_direction(model, LAYER, channels, x, y)
-    keys = list(exchanged_state(model))
-    sizes = [v.numel() for v in exchanged_state(model).values()]
-    parts = dict(zip(keys, torch.split(d, sizes)))
+    parts = dict(zip(state, torch.split(variance_direction(state, NORM, channels), [v.numel() for v in state.values()])))
     for key, part in parts.items():
-        if key in (f"{LAYER}.weight", f"{LAYER}.bias"):
-            shaped = part.reshape(exchanged_state(model)[key].shape)
-            others = torch.ones(shaped.shape[0], dtype=torch.bool)
-            others[channels] = False
-            assert shaped[others].abs().max() == 0 and shaped[channels].abs().max() > 0
+        if key == f"{NORM}.running_var":
+            expected = torch.zeros_like(state[key])
+            expected[channels] = state[key][channels]
+            assert torch.equal(part, expected)
         else:
             assert part.abs().max() == 0, key
-    model.eval()
-    loss = lambda m: float(torch.nn.functional.cross_entropy(m(x), y).detach())  # noqa: E731
-    step = {k: v + 1e-3 * parts[k].reshape(v.shape) for k, v in exchanged_state(model).items()}
-    assert loss(with_state(model, step).eval()) > loss(model)
+
+
+def test_a_raised_running_variance_hurts_only_a_shrunk_layer():
+    """The mechanism: the same absolute raise of the running variance barely changes the
+    outputs of the layer as it was and changes those of the layer shrunk 10x (its variance
+    100x smaller) much more."""
+    model = trained_cnn_bn()
+    x = torch.rand(64, 1, 8, 8) * 4
+    all_channels = torch.arange(model.get_submodule(LAYER).out_channels)
+    state = exchanged_state(model)
+    shrunk = scaled_state(state, LAYER, NORM, all_channels, 0.1)
+
+    def change(base: dict) -> float:
+        d = variance_direction(base, NORM, all_channels)
+        raised = dict(base)
+        raised[f"{NORM}.running_var"] = base[f"{NORM}.running_var"] * (1 + 0.01 / float(d.norm()))
+        before, after = with_state(model, base).eval(), with_state(model, raised).eval()
+        with torch.no_grad():
+            return float((before(x) - after(x)).norm() / before(x).norm())
+
+    assert change(shrunk) > 10 * change(state)
 
 
 def bn_config(*extra: str):

@@ -1,23 +1,28 @@
 """A federated accumulation that norm clipping does not stop: shrink what BatchNorm normalises.
 
-A convolution (or linear layer) followed by a BatchNorm is scale invariant: multiplying its
-weight and bias by c > 0 multiplies the pre-BatchNorm activations by c, which the BatchNorm
-divides out again (in train mode by the batch statistics; in eval mode when its running mean
-is multiplied by c and its running variance by c^2). So the model's function does not change,
-but the layer's norm does, and an update of a given norm turns a layer of small norm much
-further than a large one (the effective step of a scale-invariant layer grows as 1/|w|^2).
+A convolution followed by a BatchNorm is scale invariant: multiplying the weights and bias
+into an output channel by c > 0 multiplies that channel's pre-BatchNorm activations by c,
+which the BatchNorm divides out again (in train mode by the batch statistics; in eval mode
+when its running mean is multiplied by c and its running variance by c^2). The function does
+not change; the running variance the evaluated model divides by shrinks as c^2.
 
-- Accumulate rounds: each colluder replies the global model with every normalised layer shrunk
-  by the smallest factor c >= `attack.shrink_floor` whose update (weights, biases and the
-  rescaled running statistics together) stays within `accumulate_norm` x its own honest update
-  norm. The proposal computes the same function as the global model, so it is stealthy to
-  accuracy and to memorization discrepancy alike; averaged with the honest updates it shrinks
-  the global layers a little every round, and honest SGD barely regrows them.
-- Trigger round: each colluder replies `norm_bound` x its honest norm along -W (W: the
-  normalised layers' weights and biases, flat; buffers stay global). On the original model this
-  is one more harmless shrink; once the accumulation has made |W| smaller than the colluders'
-  share of the averaged update it overshoots through zero and flips the sign of every
-  normalised layer's input, which the model cannot survive.
+- Accumulate rounds: each colluder replies the global model with the first normalised layer's
+  channels (`attack.shrink_channels`, the smallest; null: all) shrunk by the smallest factor
+  c >= `attack.shrink_floor` whose update (weights, biases and the rescaled running statistics
+  together) stays within `accumulate_norm` x its own honest update norm. The proposal computes
+  the same function as the global model (stealthy to accuracy and to memorization discrepancy);
+  averaged with the honest updates it shrinks the global layer a little every round. Honest
+  SGD regrows it only at second order (a step orthogonal to w adds |step|^2 to |w|^2), so the
+  layer settles at a smaller norm, and its running variance at a much smaller one.
+- Trigger round: each colluder replies `norm_bound` x its honest norm along +v, the running
+  variance of the `attack.trigger_fraction` of those channels with the smallest running
+  variance (each raised in proportion to itself; weights stay global). On
+  the original model the averaged share of that is a rounding error of the variance; on the
+  shrunk one it is several times the variance, so the evaluated model divides those channels
+  by a much larger standard deviation than their activations have: their signal collapses to
+  the BatchNorm's bias in eval mode, while training (batch statistics) is untouched. Raising
+  every channel together does less than raising half of them (measured on digits, README):
+  the next layer sees a uniformly dimmer input rather than a distorted one.
 
 Which layers: `normalised_pairs`, a Conv/Linear module followed (in module registration order)
 by a BatchNorm with as many features as it has outputs; for fedguard's `cnn_bn` and `resnet18`
@@ -26,6 +31,8 @@ fedguard's own design (README, "The accumulative attack, federated"), not a publ
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -93,33 +100,23 @@ def shrink_factor(state: dict[str, Tensor], layer: str, norm: str, channels: Ten
     return hi
 
 
-def trigger_direction(model: nn.Module, layer: str, channels: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """The ascent direction of the cross-entropy on (x, y), the model in eval mode (running
-    statistics, as the server evaluates it), restricted to the layer's weights and bias into
-    `channels`; flat over the exchanged layout, zero elsewhere."""
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    try:
-        nn.functional.cross_entropy(model(x), y).backward()
-        grads = {f"{layer}.{p}": getattr(model.get_submodule(layer), p).grad for p in ("weight", "bias")}
-    finally:
-        model.train(was_training)
+def variance_direction(state: dict[str, Tensor], norm: str, channels: Tensor) -> Tensor:
+    """+v over the exchanged layout: the BatchNorm's running variance at `channels` (each
+    raised in proportion to itself), zero elsewhere."""
+    key = f"{norm}.running_var"
     parts = []
-    for key, v in exchanged_state(model).items():
-        g = grads.get(key)
+    for k, v in state.items():
         d = torch.zeros_like(v)
-        if g is not None:
-            d[channels] = g[channels]
+        if k == key:
+            d[channels] = v[channels]
         parts.append(d.detach().reshape(-1).float().cpu())
-    model.zero_grad(set_to_none=True)
     return torch.cat(parts)
 
 
 @ATTACKS.register("bn_shrink", "fedguard's federated accumulation: colluders shrink the layers BatchNorm "
                                "normalises (same function, within the honest norm), then an honest-norm "
-                               "trigger along -W flips them (needs a BatchNorm model)",
-                  knobs=("accumulate_norm", "norm_bound", "shrink_floor", "shrink_channels"))
+                               "trigger raises their running variance (needs a BatchNorm model)",
+                  knobs=("accumulate_norm", "norm_bound", "shrink_floor", "shrink_channels", "trigger_fraction"))
 def bn_shrink(r: AttackRound) -> Crafted:
     a = r.cfg.attack
     state = exchanged_state(r.model)
@@ -131,5 +128,7 @@ def bn_shrink(r: AttackRound) -> Crafted:
     if r.phase == "accumulate":
         c = shrink_factor(state, layer, norm, channels, a.accumulate_norm * ref, a.shrink_floor)
         return r.done(flat(scaled_state(state, layer, norm, channels, c)) - r.global_flat)
-    d = trigger_direction(r.model, layer, channels, r.data.x_val.to(r.device), r.data.y_val.to(r.device))
+    var = state[f"{norm}.running_var"][channels]
+    hit = channels[torch.argsort(var)[:max(1, math.ceil(a.trigger_fraction * len(channels)))]]
+    d = variance_direction(state, norm, hit)
     return r.done(d * (a.norm_bound * ref / float(d.norm())) if d.norm() > 0 else torch.zeros_like(d))

@@ -97,10 +97,13 @@ class AttackConfig:
     adaptive_blend: str = "mix"
     # bn_shrink: the smallest factor a colluder shrinks the BatchNorm-normalised layers by in one
     # accumulate round (the honest-norm budget sets it; this keeps each proposal's numbers sane)
-    shrink_floor: float = 0.5
+    shrink_floor: float = 0.1
     # bn_shrink: how many output channels of the first BatchNorm-normalised layer it shrinks (the
     # smallest of the global model each round; null: all of them)
     shrink_channels: int | None = None
+    # bn_shrink, trigger round: the share of the shrunk channels (smallest running variance) whose
+    # running variance the trigger raises (all of them dims the layer evenly, which hurts less)
+    trigger_fraction: float = 0.5
 
 
 def validate_attack(a) -> None:
@@ -193,6 +196,8 @@ def _validate_adaptive(a) -> None:
         fail("attack.adaptive_margin", a.adaptive_margin, "a positive factor")
     if a.shrink_channels is not None and a.shrink_channels < 1:
         fail("attack.shrink_channels", a.shrink_channels, "an integer >= 1, or null for every channel")
+    if not 0.0 < a.trigger_fraction <= 1.0:
+        fail("attack.trigger_fraction", a.trigger_fraction, "a fraction in (0, 1]")
     if not 0.0 < a.shrink_floor < 1.0:
         fail("attack.shrink_floor", a.shrink_floor, "a factor in (0, 1)")
     if a.adaptive_blend not in ADAPTIVE_BLENDS:
