@@ -9,7 +9,8 @@ rounds and seed) under fedavg and clipping. Per attacked run, against the clean 
 same defense (mddsc's and median's against clipping's and fedavg's, see `CLEAN_OF`), in points
 of test accuracy: the damage at the trigger round, the cost in the round before it, and the
 trigger round's own drop. `--set` adds overrides to every run (e.g. `attack.shrink_channels=1`
-or another dataset). Writes OUT/accumulative_federated.{md,csv,png}.
+or another dataset). Writes OUT/accumulative_federated.{md,csv,png} and the first seed's accuracy over rounds
+(OUT/accumulative_federated_rounds.png).
 """
 
 from __future__ import annotations
@@ -117,6 +118,27 @@ def main() -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accumulative_federated.png", dpi=150)
+    plot_rounds(Path(args.runs), cells, args.seeds[0], out / "accumulative_federated_rounds.png")
+
+
+def plot_rounds(runs: Path, cells: dict, seed: int, path: Path) -> None:
+    """Test accuracy over rounds of one seed's runs, the trigger round marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    trigger = None
+    for name in ("clean, clipping", "clipping", "trigger alone, clipping", "median", "mddsc over clipping"):
+        run_dir = cell_dir(runs, cells[name, seed])
+        if not (run_dir / "rounds.jsonl").is_file():
+            continue
+        acc, trigger = accuracies(run_dir)
+        ax.plot(list(acc), list(acc.values()), label=name, lw=1.2, ls="--" if name.startswith("clean") else "-")
+    if trigger is not None:
+        ax.axvline(trigger, color="grey", lw=0.8, ls=":")
+        ax.text(trigger, 0.05, " trigger", color="grey", fontsize=8, transform=ax.get_xaxis_transform())
+    ax.set(xlabel="round", ylabel="test accuracy", title=f"federated accumulation (bn_shrink), seed {seed}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
 
 
 if __name__ == "__main__":
