@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 
 from fedguard import interrupt
 from fedguard.protocol import IDENTITY, INFO, PARTITION, RESUME_STATE, STATE
+from fedguard.supernodes import SuperNodes, resolve_supernodes
 
 STARTUP_TIMEOUT_S = 300.0  # the handshake's timeout floor (a short round_timeout must not fail start-up)
 MAX_STATE_CHARS = 1 << 16  # a reported state longer than this is not kept
@@ -153,21 +154,24 @@ class Federation:
         self.virtual = virtual
         self.carry_states = carry_states or virtual  # send each client its saved state
         self.client_states: dict[int, str] = {}  # partition id -> JSON of its Context.state
+        self.supernodes: SuperNodes | None = None  # how the SuperNodes were chosen (summary.json)
 
     @classmethod
     def connect(cls, grid: Grid, cfg: DictConfig, resumed: bool) -> Federation:
         """The handshake (it waits for the Ray actors to start: never shorter than
         `STARTUP_TIMEOUT_S`), checked against the SuperNodes the config asks for."""
+        nodes = resolve_supernodes(cfg)  # backend.num_supernodes null: automatic (fedguard/supernodes.py)
         node_of = handshake(grid, max(cfg.backend.round_timeout, STARTUP_TIMEOUT_S))
-        virtual = cfg.backend.num_supernodes is not None
-        supernodes = cfg.backend.num_supernodes if virtual else cfg.num_clients
+        virtual, supernodes = nodes.virtual, nodes.count
         if sorted(node_of) != list(range(supernodes)):
             raise RuntimeError(
                 f"expected {supernodes} SuperNodes (num_clients={cfg.num_clients}, backend.num_supernodes="
-                f"{cfg.backend.num_supernodes}) but the federation has {len(node_of)} "
+                f"{cfg.backend.num_supernodes}: {nodes.mode}) but the federation has {len(node_of)} "
                 f"(partition ids {sorted(node_of)[:5]}...); with `flwr run` pass "
                 f"--federation-config 'num-supernodes={supernodes}'")
-        return cls(node_of, virtual, carry_states=resumed)
+        federation = cls(node_of, virtual, carry_states=resumed)
+        federation.supernodes = nodes
+        return federation
 
     def exchange(self, grid: Grid, strategy, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                  sampled: list[int], timeout: float) -> Exchange:

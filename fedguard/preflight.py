@@ -5,7 +5,8 @@
 `ConfigError` (one line) at the first:
 
 - override Hydra cannot compose (an unknown key, a value of the wrong type, no such option);
-- key the schema does not know (`+num_client=5`) or invalid value (`validate`);
+- key the schema does not know (`+num_client=5`) or invalid value (`validate`); per-client
+  state at more clients than one SuperNode per client runs (`supernodes.resolve_supernodes`);
 - dataset that cannot load: its files unreadable or incomplete (read through: a truncated
   `.gz` is named), or `dataset=hub` offline (`Source.verify` of `fedguard.data.sources`);
 - `resume=DIR` that is not a run, or with an override that changes its saved config (a run
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 from fedguard.config import RESUME_FREE_KEYS, ConfigError, compose, flatten, resume_config, validate
 from fedguard.config.errors import fail
 from fedguard.config.keys import composition_error, inactive_knob_warnings, parse_overrides
+from fedguard.supernodes import resolve_supernodes
 
 
 def _is_hydra(override: str) -> bool:
@@ -132,6 +134,7 @@ def check_run(overrides: list[str], multirun: bool = False) -> None:
     for job in jobs(plain, multirun):
         cfg = compose_checked(job)
         validate(cfg)
+        resolve_supernodes(cfg)  # per-client state at a size one SuperNode per client cannot run
         for line in inactive_knob_warnings(cfg, job):
             if line not in warned:
                 warned.add(line)

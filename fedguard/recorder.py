@@ -95,6 +95,8 @@ class Recorder:
         self.rejected: Counter = Counter()  # rejected replies by reason category
         self.elapsed_before = 0.0  # seconds spent before a resume
         self.ray: dict[str, Any] | None = None  # runtime.ray_resources() at start (summary `ray`)
+        self.supernodes: dict[str, Any] | None = None  # SuperNodes and whether clients were virtual
+        self.start_s: float | None = None  # of total_s, the part before the first round
         self.started = time.perf_counter()
         if resume_round is None:
             (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -176,6 +178,8 @@ class Recorder:
             "honest_flag_rate": detection_rates(self.flags["all"])["fpr"],
             "timing": {
                 "total_s": self.elapsed_before + time.perf_counter() - self.started,
+                # of it, the start before round 1: client actors ready (handshake), initial evaluation
+                "start_s": self.start_s,
                 "round_s_mean": mean("round_s"),
                 "first_round_s": self.rounds[0].get("round_s") if self.rounds else None,
                 "train_s": mean("train_s"),
@@ -191,6 +195,7 @@ class Recorder:
             "kept_previous_rounds": [r["round"] for r in self.rounds if r.get("kept_previous_model")],
             "sanitizer": self.sanitizer_summary(),
             "ray": self.ray,
+            "supernodes": self.supernodes,
         })
 
     def state_dict(self) -> dict[str, Any]:

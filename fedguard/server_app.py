@@ -131,6 +131,7 @@ def start(grid: Grid, cfg: DictConfig) -> Run:
     recorder = Recorder(run_dir, cfg, malicious=malicious_set(cfg), resume_round=resume_round)
     federation = Federation.connect(grid, cfg, resumed=resume_round is not None)
     recorder.ray = ray_resources()
+    recorder.supernodes = federation.supernodes.record()
     notes = RoundNotes()
     strategy = build_strategy(cfg, sampled_count(cfg.num_clients, cfg.fraction_train), notes,
                               model=copy.deepcopy(model), data=data, device=device)
@@ -267,6 +268,7 @@ def serve(grid: Grid, cfg: DictConfig) -> dict:
     """Run `cfg.rounds` rounds on `grid` (continuing from a checkpoint with `resume`);
     returns the summary."""
     run = start(grid, cfg)
+    run.recorder.start_s = time.perf_counter() - run.recorder.started
     log.info("run %s: %s, rounds %d-%d", run.run_dir, run.recorder.title(), run.first_round, cfg.rounds)
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
         for rnd in range(run.first_round, cfg.rounds + 1):

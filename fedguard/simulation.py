@@ -46,29 +46,44 @@ def write_app_dir(directory: Path, cfg: DictConfig) -> Path:
 
 def run_simulation(cfg: DictConfig, verbose: bool = False) -> None:
     """Run the simulation of `cfg` to its end; Ctrl-C stops it between rounds and raises
-    `interrupt.RunInterrupted` (see fedguard/interrupt.py)."""
+    `interrupt.RunInterrupted` (see fedguard/interrupt.py).
+
+    Ray and the client actors are the process's (`fedguard/ray_session.py`): the runs of a
+    Hydra multirun start them once and reuse them."""
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
+    from fedguard import ray_session
     from fedguard.client_app import app as client_app
+    from fedguard.ray_session import SESSION, flower_uses, shared_ray_backend
     from fedguard.server_app import app as server_app
+    from fedguard.supernodes import resolve_supernodes
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     flat = flatten(cfg)
-    with tempfile.TemporaryDirectory(prefix="fedguard-app-") as tmp, stop_on_sigint():
+    supernodes = resolve_supernodes(cfg)  # before Ray starts: it may refuse the config
+    backend = backend_config(cfg)
+    backend["init_args"].setdefault("logging_level", "WARNING")  # Flower's default, set before Ray starts
+    SESSION.ensure(backend["init_args"])
+    with tempfile.TemporaryDirectory(prefix="fedguard-app-") as tmp, stop_on_sigint(), \
+            flower_uses(shared_ray_backend(ray_session.JOB_ACTORS)):
         app_dir = write_app_dir(Path(tmp), cfg)
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
-        _run_simulation(
-            num_supernodes=cfg.backend.num_supernodes or cfg.num_clients,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config=backend_config(cfg),
-            server_app_context=context,
-            app_dir=str(app_dir),
-            is_app=True,  # makes the runtime fuse the app dir's config into run_config
-            verbose_logging=verbose,
-        )
+        try:
+            _run_simulation(
+                num_supernodes=supernodes.count,
+                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                client_app=client_app,
+                server_app=server_app,
+                backend_name="ray",
+                backend_config=backend,
+                server_app_context=context,
+                app_dir=str(app_dir),
+                is_app=True,  # makes the runtime fuse the app dir's config into run_config
+                verbose_logging=verbose,
+            )
+        except BaseException:
+            SESSION.discard_pools()  # a failed or interrupted run's actors are not reused
+            raise

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
-from sklearn.cluster import HDBSCAN
 from torch import Tensor
 
 from fedguard.models import arrays_from_flat, flat_from_arrays
@@ -57,6 +56,8 @@ def cosine_distances(updates: np.ndarray) -> np.ndarray:
 
 def flame_clusters(updates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(admitted mask, HDBSCAN labels) of step 1."""
+    from sklearn.cluster import HDBSCAN  # here: scikit-learn costs ~1 s to import in every process
+
     n = len(updates)
     labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", copy=False,
                      allow_single_cluster=True).fit(cosine_distances(updates)).labels_

@@ -30,11 +30,12 @@ class BackendConfig:
     client_resources: ClientResources = field(default_factory=ClientResources)
     init_args: RayInitArgs = field(default_factory=RayInitArgs)
     round_timeout: float = 600.0
-    # SuperNodes of the simulation. null: one per client (each client's state in its node's
-    # Context.state). A number >= the clients sampled per round: that many SuperNodes serve
+    # SuperNodes of the simulation. null: automatic (fedguard/supernodes.py): one per client
+    # (each client's state in its node's Context.state) up to a few hundred clients, virtual
+    # clients beyond. A number >= the clients sampled per round: that many SuperNodes serve
     # the num_clients logical clients, the sampled ones assigned afresh each round, their
-    # small state carried by the server (fedguard/federation.py, "virtual clients"); needed for
-    # thousands of clients, since Flower's simulation engine polls every SuperNode.
+    # small state carried by the server (fedguard/federation.py, "virtual clients"), since
+    # Flower's simulation engine handshakes and polls every SuperNode.
     num_supernodes: int | None = None
 
 
