@@ -18,6 +18,7 @@ from fedguard.attacks.objectives import accumulation_direction, model_params, pe
 from fedguard.attacks.plan import malicious_ids, malicious_set, round_phase
 from fedguard.client_app import state_json
 from fedguard.config import ConfigError, compose, flatten, validate
+from fedguard.config.files import CONFIG_DIR
 from fedguard.data.partition import partition_from_config
 from fedguard.data.sources import splits_from_config
 from fedguard.models import build_model, flat_from_arrays, model_to_arrays
@@ -390,3 +391,16 @@ def test_accumulate_against_crafted_aligns_with_the_crafted_trigger(flower_ident
     assert not torch.allclose(clean.update, crafted.update)
     with pytest.raises(ConfigError, match="attack.accumulate_against='trigger'"):
         config("accumulative", "attack.accumulate_against=trigger")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
+def test_num_malicious_0_on_a_preset_is_its_clean_run(preset):
+    """DESIGN.md's contract: `num_malicious=0` on a preset is its clean run: the same data,
+    rounds, seed and every other setting, nobody attacking (the schedule stays, so the
+    trigger round is recorded and measured in the clean run too)."""
+    clean = compose([f"+experiment={preset}", "num_malicious=0"])
+    validate(clean)
+    assert malicious_set(clean) == set()
+    baseline = flatten(compose([f"+experiment={preset}", "num_malicious=0", "attack=none"]))
+    differs = {k for k, v in flatten(clean).items() if baseline.get(k) != v}
+    assert differs and all(k.startswith("attack.") for k in differs), differs
