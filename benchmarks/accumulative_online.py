@@ -99,12 +99,13 @@ def main() -> None:
     (out / "accumulative_online.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.38
     for i, (key, label) in enumerate((("cost_before", "cost before the trigger"), ("drop", "trigger round's drop"))):
         means = [mean([r[key] for r in rows if r["variant"] == name and "error" not in r]) or 0.0 for name in VARIANTS]
         ax.bar([x + (i - 0.5) * width for x in range(len(VARIANTS))], means, width, label=label)
-    ax.set_xticks(range(len(VARIANTS)), list(VARIANTS), fontsize=8)
+    ax.set_xticks(range(len(VARIANTS)), [name.replace(", ", ",\n").replace(" + ", " +\n") for name in VARIANTS],
+                  fontsize=8)
     ax.set(ylabel="test accuracy lost (points)", title=f"online protocol, seeds {args.seeds}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
