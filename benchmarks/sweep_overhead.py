@@ -8,9 +8,11 @@
    `timing.total_s`, the single run's start-up (wall - total_s) and the issue's bound
    `1.3 x sum + start-up`, and the per-job overhead (the sweep's wall minus the sum, less the
    single run's start-up, per job after the first).
-2. Scale: `fedguard run dataset=synthetic num_clients=N fraction_train=0.01 rounds=R` without a
-   backend key (`backend.num_supernodes` automatic) for each N: steady round time, total_s,
-   peak resident memory of the whole process tree, and the SuperNode mode summary.json records.
+2. Scale: `fedguard run dataset=synthetic num_clients=N fraction_train=S/N rounds=R` without a
+   backend key (`backend.num_supernodes` automatic) for each N, S = `--sampled` clients a round
+   at every size (100: 10,000 clients at fraction_train=0.01 against 1,000 at 0.1): steady round
+   time, total_s, peak resident memory of the whole process tree, and the SuperNode mode
+   summary.json records.
 
 Writes OUT/sweep_overhead.json and prints a markdown table. Wall times depend on the load of
 the machine: run it on an otherwise idle one.
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scale", default="1000,10000", help="num_clients of the synthetic runs ('' to skip)")
+    parser.add_argument("--sampled", type=int, default=100, help="clients sampled per round in the synthetic runs")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     out = Path(args.out)
@@ -64,8 +67,8 @@ def main() -> None:
         result["scale"] = []
         for n in [int(x) for x in args.scale.split(",") if x]:
             run_dir = Path(tmp) / f"synthetic-{n}"
-            r = measured_run(run_dir, ["dataset=synthetic", f"num_clients={n}", "fraction_train=0.01",
-                                       f"rounds={args.rounds}"])
+            r = measured_run(run_dir, ["dataset=synthetic", f"num_clients={n}",
+                                       f"fraction_train={args.sampled / n}", f"rounds={args.rounds}"])
             r["supernodes"] = json.loads((run_dir / "summary.json").read_text()).get("supernodes")
             result["scale"].append({"num_clients": n, **r})
     (out / "sweep_overhead.json").write_text(json.dumps(result, indent=2))
@@ -75,7 +78,8 @@ def main() -> None:
              f"| {s['wall_s']:.1f} s | {s['jobs_total_s']:.1f} s | {s['single_startup_s']:.1f} s | {s['bound_s']:.1f} s "
              f"({'met' if s['within_bound'] else 'NOT met'}) | {s['per_job_overhead_s']:.2f} s |", "",
              "| num_clients | SuperNodes | steady round | total_s | peak RSS |", "|---|---|---|---|---|"]
-    lines += [f"| {r['num_clients']} | {r['supernodes']} | {r['round_s']:.2f} s | {r['total_s']:.1f} s | "
+    lines += [f"| {r['num_clients']} | {r['supernodes']['mode']}, {r['supernodes']['count']} | {r['round_s']:.2f} s | "
+              f"{r['total_s']:.1f} s | "
               f"{r['peak_rss_mb'] / 1024:.2f} GiB |" for r in result["scale"]]
     print("\n".join(lines))
 
