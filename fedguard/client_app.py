@@ -53,9 +53,9 @@ from fedguard.protocol import (
     TRAIN_S,
 )
 from fedguard.runtime import assigned_device, ray_node_id, set_threads
+from fedguard.sanitizers import build_sanitizer, train_sanitized, zero_metrics
 from fedguard.streams import next_batches
 from fedguard.training import load_momentum, save_momentum
-from fedguard.sanitizers import build_sanitizer, train_sanitized, zero_metrics
 
 app = ClientApp()
 
