@@ -141,6 +141,12 @@ def arrays_to_model(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
     return model
 
 
+def flat_state(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A state (`exchanged_state` or a modified copy of it) as one flat float32 CPU vector, in
+    its key order: the layout of `flat_from_arrays(model_to_arrays(model))`."""
+    return torch.cat([v.detach().reshape(-1).float().cpu() for v in state.values()])
+
+
 def flat_from_arrays(arrays: ArrayRecord) -> torch.Tensor:
     """All arrays of a record as one flat float32 vector, in the record's key order."""
     return torch.cat([torch.from_numpy(a.numpy()).reshape(-1).float() for a in arrays.values()])

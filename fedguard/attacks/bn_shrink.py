@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from fedguard.attacks.craft import AttackRound, Crafted
 from fedguard.attacks.registries import ATTACKS
-from fedguard.models import exchanged_state
+from fedguard.models import exchanged_state, flat_state
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -78,18 +78,17 @@ def scaled_state(state: dict[str, Tensor], layer: str, norm: str, channels: Tens
     return out
 
 
-def flat(state: dict[str, Tensor]) -> Tensor:
-    return torch.cat([v.detach().reshape(-1).float().cpu() for v in state.values()])
-
-
 def shrink_factor(state: dict[str, Tensor], layer: str, norm: str, channels: Tensor, budget: float,
                   floor: float, iters: int = 40) -> float:
-    """The smallest c in [floor, 1] with |flat(scaled_state(c)) - flat(state)| <= budget
-    (bisection; the norm grows monotonically as c falls from 1)."""
-    base = flat(state)
+    """The smallest c in [floor, 1] with |flat_state(scaled_state(c)) - flat_state(state)| <= budget
+    (bisection; the norm grows monotonically as c falls from 1). Only the four tensors the
+    scaling touches enter the distance: the rest of the model is not flattened 40 times."""
+    touched = {k: state[k] for k in (f"{layer}.weight", f"{layer}.bias", f"{norm}.running_mean",
+                                     f"{norm}.running_var") if k in state}
+    base = flat_state(touched)
 
     def distance(c: float) -> float:
-        return float((flat(scaled_state(state, layer, norm, channels, c)) - base).norm())
+        return float((flat_state(scaled_state(touched, layer, norm, channels, c)) - base).norm())
 
     if distance(floor) <= budget:
         return float(floor)
@@ -127,7 +126,7 @@ def bn_shrink(r: AttackRound) -> Crafted:
     ref = float(r.honest_update.norm())
     if r.phase == "accumulate":
         c = shrink_factor(state, layer, norm, channels, a.accumulate_norm * ref, a.shrink_floor)
-        return r.done(flat(scaled_state(state, layer, norm, channels, c)) - r.global_flat)
+        return r.done(flat_state(scaled_state(state, layer, norm, channels, c)) - r.global_flat)
     var = state[f"{norm}.running_var"][channels]
     hit = channels[torch.argsort(var)[:max(1, math.ceil(a.trigger_fraction * len(channels)))]]
     d = variance_direction(state, norm, hit)

@@ -122,22 +122,22 @@ def validate_sanitizer(san) -> None:
     _validate_confusion(san.confusion)
 
 
+def _validate_signed_steps(prefix: str, node, min_steps: int) -> None:
+    """eps, step, steps of a signed-gradient walk in an L-inf ball (dsc's correction, AT's PGD)."""
+    if node.eps < 0:
+        fail(f"{prefix}.eps", node.eps, "an L-inf radius >= 0")
+    if node.step <= 0:
+        fail(f"{prefix}.step", node.step, "a positive step size")
+    if node.steps < min_steps:
+        fail(f"{prefix}.steps", node.steps, f"an integer >= {min_steps}")
+
+
 def _validate_adv_training(a) -> None:
-    if a.eps < 0:
-        fail("sanitizer.adv_training.eps", a.eps, "an L-inf radius >= 0")
-    if a.step <= 0:
-        fail("sanitizer.adv_training.step", a.step, "a positive step size")
-    if a.steps < 1:
-        fail("sanitizer.adv_training.steps", a.steps, "an integer >= 1")
+    _validate_signed_steps("sanitizer.adv_training", a, min_steps=1)
 
 
 def _validate_dsc(d) -> None:
-    if d.eps < 0:
-        fail("sanitizer.dsc.eps", d.eps, "an L-inf radius >= 0")
-    if d.step <= 0:
-        fail("sanitizer.dsc.step", d.step, "a positive step size")
-    if d.steps < 0:
-        fail("sanitizer.dsc.steps", d.steps, "an integer >= 0")
+    _validate_signed_steps("sanitizer.dsc", d, min_steps=0)
     if d.slope < 0:
         fail("sanitizer.dsc.slope", d.slope, "a value >= 0 (the threshold grows with the online step)")
     if d.history_lag < 0:

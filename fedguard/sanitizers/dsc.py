@@ -51,7 +51,7 @@ from torch.nn import functional as F
 
 from fedguard.defense.md import _eval_mode, md_per_sample, unflatten_state
 from fedguard.defense.thresholds import schedule_threshold
-from fedguard.models import exchanged_state
+from fedguard.models import exchanged_state, flat_state
 from fedguard.protocol import DSC_HISTORY, DSC_STATE
 from fedguard.sanitizers.base import CORRECTED, DROPPED, MD, SANITIZERS, STEPS, Batch, Sanitizer
 
@@ -70,7 +70,7 @@ class DSCResult:
 
 def flat_params(model: nn.Module) -> Tensor:
     """The model's exchanged tensors as one flat float32 CPU vector (`unflatten_state` layout)."""
-    return torch.cat([v.detach().reshape(-1).float().cpu() for v in exchanged_state(model).values()])
+    return flat_state(exchanged_state(model))
 
 
 def dsc_correct(model: nn.Module, hist_params: Tensor, x: Tensor, y: Tensor, threshold: float,
