@@ -32,13 +32,7 @@ def flat_grad(model, params, x, y, create_graph: bool = False) -> torch.Tensor:
     return flatten(param_grads(model, params, x, y, create_graph))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (40x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------ plan

@@ -34,12 +34,7 @@ from fedguard.sanitizers.ispl import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # module scope: set before the module-scoped digits fixture trains
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; requested before the module-scoped digits fixture trains
 
 
 # ------------------------------------------------------------------ the schedule
